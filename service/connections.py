@@ -1,0 +1,268 @@
+"""ConnectionManager: fan-out of frames to WebSocket clients that one slow client cannot stall.
+
+Policy (docs/adr/0002-backpressure.md):
+- `broadcast` never awaits. It appends the already-serialised frame to each
+  subscribed client's bounded queue and wakes that client's sender task.
+- Each client has exactly one sender task, the only writer to its socket.
+- A client whose queue passes `queue_max_frames` or `queue_max_bytes`, or
+  whose socket write stalls longer than `send_timeout_s`, is closed with 4008
+  and a reason naming the last seq handed to its socket. It loses nothing: it
+  resumes with `since` from the event store.
+- The manager is owned by the app's lifespan. `close_all` (shutdown) closes
+  every client with 1001 and awaits every sender task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .frames import CLOSE_TOO_SLOW, Frame
+from .settings import Settings
+from .topics import ALL_TOPICS
+
+log = logging.getLogger(__name__)
+
+SendText = Callable[[str], Awaitable[None]]
+CloseSocket = Callable[[int, str], Awaitable[None]]
+Prelude = Callable[["Client"], Awaitable[None]]
+
+_ids = itertools.count(1)
+
+
+class Client:
+    """One connected socket: its topics, its bounded queue and its sender task.
+
+    Created by the session, registered with the manager, which starts and owns its sender task.
+    """
+
+    __slots__ = (
+        "_abort", "_close", "_send", "_sender", "_settings", "close_code", "close_request", "delivered",
+        "id", "interrupted", "peak_depth", "prelude", "queue", "queued_bytes", "sending_since", "subject",
+        "topics", "wake",
+    )
+
+    def __init__(self, settings: Settings, *, send: SendText, close: CloseSocket,
+                 abort: Callable[[], None], topics: frozenset[str], subject: str,
+                 delivered: int, prelude: Prelude | None = None) -> None:
+        self.id = f"c{next(_ids)}"
+        self.subject = subject
+        self.topics: frozenset[str] = topics
+        self.queue: deque[Frame] = deque()
+        self.queued_bytes = 0
+        self.peak_depth = 0
+        self.wake = asyncio.Event()
+        self.delivered = delivered  # highest persisted seq handed to the socket (or skipped as known)
+        self.close_request: tuple[int, str] | None = None
+        self.close_code: int | None = None
+        self.sending_since: float | None = None
+        self.interrupted = False
+        self.prelude = prelude
+        self._settings = settings
+        self._send = send
+        self._close = close
+        self._abort = abort
+        self._sender: asyncio.Task[None] | None = None
+
+    # -- called from the broadcast path: must never await ------------------------------------------
+    def offer(self, frame: Frame) -> None:
+        if self.close_request is not None:
+            return
+        self.queue.append(frame)
+        self.queued_bytes += len(frame.text)
+        depth = len(self.queue)
+        if depth > self.peak_depth:
+            self.peak_depth = depth
+        if depth > self._settings.queue_max_frames or self.queued_bytes > self._settings.queue_max_bytes:
+            self.request_close(CLOSE_TOO_SLOW, self.too_slow_reason())
+        self.wake.set()
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Ask the sender task to close the socket after what it is writing now; idempotent."""
+        if self.close_request is None:
+            self.close_request = (code, reason[:120])  # a close reason must fit in 123 bytes
+        self.wake.set()
+
+    def too_slow_reason(self) -> str:
+        return f"too slow; resume with since={self.delivered}"
+
+    # -- the sender task --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            if self.prelude is not None:
+                await self.prelude(self)
+            await self._drain_forever()
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            # The watchdog cut a stalled write short: close 4008 (or abort) ourselves.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            code, reason = self.close_request or (CLOSE_TOO_SLOW, self.too_slow_reason())
+            await self._do_close(code, reason)
+        except Exception as exc:  # the socket went away mid-write: the session's receive loop will notice
+            log.debug("client %s sender stopped: %s", self.id, type(exc).__name__)
+        finally:
+            self.sending_since = None
+
+    async def _drain_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self.queue
+        while True:
+            if not queue and self.close_request is None:
+                self.wake.clear()
+                await self.wake.wait()
+            if self.close_request is not None:
+                await self._do_close(*self.close_request)
+                return
+            while queue and self.close_request is None:
+                frame = queue.popleft()
+                self.queued_bytes -= len(frame.text)
+                seq = frame.seq
+                if seq is not None:
+                    if seq <= self.delivered:
+                        continue  # already sent by the resume replay
+                self.sending_since = loop.time()
+                await self._send(frame.text)
+                self.sending_since = None
+                if seq is not None:
+                    self.delivered = seq
+
+    async def send_now(self, text: str) -> None:
+        """Write directly (used by the resume prelude, which runs inside the sender task)."""
+        self.sending_since = asyncio.get_running_loop().time()
+        await self._send(text)
+        self.sending_since = None
+
+    async def _do_close(self, code: int, reason: str) -> None:
+        self.close_code = code
+        try:
+            async with asyncio.timeout(self._settings.send_timeout_s):
+                await self._close(code, reason)
+        except Exception:
+            # The peer does not read: its buffers are full and no close frame can reach it.
+            self._abort()
+
+    def stalled_for(self, now: float) -> float:
+        return 0.0 if self.sending_since is None else now - self.sending_since
+
+    def interrupt_stalled_write(self) -> None:
+        """Called by the watchdog: stop waiting on a socket that does not drain, and close it 4008."""
+        if self._sender is None or self._sender.done() or self.interrupted:
+            return
+        self.interrupted = True
+        if self.close_request is None:
+            self.close_request = (CLOSE_TOO_SLOW, self.too_slow_reason())
+        self._sender.cancel()
+
+
+class ConnectionManager:
+    """All clients of this hub process, indexed by topic for a cheap broadcast.
+
+    Owned by the app's lifespan (one per app, not a module global).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._clients: dict[str, Client] = {}
+        self._by_topic: dict[str, set[Client]] = {t: set() for t in ALL_TOPICS}
+        self._watchdog: asyncio.Task[None] | None = None
+        self.frames_sent = 0
+        self.closed_by_code: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    @property
+    def clients(self) -> list[Client]:
+        return list(self._clients.values())
+
+    async def start(self) -> None:
+        self._watchdog = asyncio.create_task(self._watch_stalls(), name="hub-send-watchdog")
+
+    def register(self, client: Client) -> None:
+        """Start delivering to `client` from the next broadcast on; starts its sender task."""
+        self._clients[client.id] = client
+        for topic in client.topics:
+            self._by_topic[topic].add(client)
+        client._sender = asyncio.create_task(client._run(), name=f"hub-sender-{client.id}")
+
+    def set_topics(self, client: Client, topics: frozenset[str]) -> None:
+        for topic in client.topics - topics:
+            self._by_topic[topic].discard(client)
+        for topic in topics - client.topics:
+            self._by_topic[topic].add(client)
+        client.topics = topics
+
+    async def unregister(self, client: Client) -> None:
+        """Forget `client` and stop its sender task; safe to call twice and on any path."""
+        if self._clients.pop(client.id, None) is None:
+            return
+        for topic in client.topics:
+            self._by_topic[topic].discard(client)
+        client.queue.clear()
+        client.queued_bytes = 0
+        if client.close_code is not None:
+            self.closed_by_code[client.close_code] = self.closed_by_code.get(client.close_code, 0) + 1
+        task = client._sender
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def broadcast(self, frame: Frame) -> int:
+        """Queue `frame` for every client subscribed to its topic. Never awaits; returns the fan-out."""
+        assert frame.topic is not None
+        targets = self._by_topic[frame.topic]
+        for client in targets:
+            client.offer(frame)
+        self.frames_sent += len(targets)
+        return len(targets)
+
+    async def close_all(self, code: int, reason: str, timeout: float = 5.0) -> None:
+        """Close every client with `code` and wait (up to `timeout`) for their sender tasks to finish."""
+        clients = list(self._clients.values())
+        for client in clients:
+            client.request_close(code, reason)
+        tasks = [c._sender for c in clients if c._sender is not None and not c._sender.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for client in clients:
+            await self.unregister(client)
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for client in list(self._clients.values()):
+            await self.unregister(client)
+
+    async def _watch_stalls(self) -> None:
+        """Once a second: close (4008) every client whose current socket write has stalled too long.
+
+        A timer per write would cost a handle per frame on the hot path; a sweep costs O(clients)/s.
+        """
+        loop = asyncio.get_running_loop()
+        limit = self._settings.send_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, limit / 2))
+            now = loop.time()
+            for client in list(self._clients.values()):
+                if client.stalled_for(now) > limit:
+                    log.info("client %s: socket write stalled %.1fs; closing 4008", client.id,
+                             client.stalled_for(now))
+                    client.interrupt_stalled_write()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": len(self._clients),
+            "queued_frames": sum(len(c.queue) for c in self._clients.values()),
+            "frames_sent": self.frames_sent,
+        }

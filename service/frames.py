@@ -1,0 +1,56 @@
+"""Frame shapes of the /ws/live protocol (docs/protocol.md) and close codes.
+
+Event frames for persisted topics are rendered by the database
+(hub_event_frame_v1) and passed through as text; the hub renders only its own
+control frames and the live-only sys_status and connection notifications.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Close codes. 1000-range ones are the standard's; 4000-range ones are ours.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # hub shutting down: reconnect (elsewhere) and resume with since
+CLOSE_POLICY = 1008  # rate limit exceeded
+CLOSE_TOO_BIG = 1009  # client frame over the size limit
+CLOSE_UNAUTHORIZED = 4001  # token missing, invalid or expired: get a new token
+CLOSE_FORBIDDEN = 4003  # origin not allowed, or topics the token does not allow
+CLOSE_TOO_SLOW = 4008  # the client fell behind: reconnect with since=<last seq>
+CLOSE_BAD_REQUEST = 4400  # bad query parameters at connect (topics, since)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One server->client text frame, serialised once and shared by every client that gets it."""
+
+    topic: str | None  # None for control frames (welcome, pong, error, replayed)
+    seq: int | None  # None for live-only frames
+    text: str
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def live_event(topic: str, data: dict[str, Any]) -> Frame:
+    """An event that is not persisted (sys_status, connection lost/restored): seq is null."""
+    return Frame(topic, None, dumps({"type": "event", "topic": topic, "seq": None, "ts": utc_now_iso(), "data": data}))
+
+
+def control(kind: str, **fields: Any) -> Frame:
+    return Frame(None, None, dumps({"type": kind, **fields}))
+
+
+def error(code: str, message: str) -> Frame:
+    return control("error", code=code, message=message)
+
+
+PONG = control("pong")

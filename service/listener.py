@@ -1,0 +1,165 @@
+"""The listener: one dedicated LISTEN connection per hub process, turning NOTIFY into ordered frames.
+
+NOTIFY is only a wake-up and a shortcut. A notification that carries the whole
+frame of the very next seq is dispatched as is; anything else (a stub for a big
+event, a gap, a malformed payload, the 1 s safety-net timer, a reconnect)
+reads `seq > last_seq` from the event store, which is the truth. Because seq
+order is commit order (docs/adr/0001-commit-ordered-seq.md), reading after the
+last dispatched seq never misses an event, and dispatching in seq order means
+every client sees one order, the same in every hub process.
+
+Ownership and failure: the app's lifespan starts `run()` as a task and cancels
+it on shutdown. The connection is not from the pool (a pooled connection runs
+UNLISTEN on release). A dead connection is noticed by asyncpg's termination
+callback or by a periodic `SELECT 1` with a timeout; the listener then reports
+DOWN, reconnects with capped exponential backoff and jitter, LISTENs first and
+catches up second, so nothing committed in between is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+
+import asyncpg
+
+from .database import connect
+from .frames import Frame
+from .settings import Settings
+from .store import EventStore
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "zepix_hub_events"
+
+
+class Listener:
+    def __init__(self, dsn: str, store: EventStore, settings: Settings, *,
+                 dispatch: Callable[[Frame], None], on_state: Callable[[bool], None]) -> None:
+        self._dsn = dsn
+        self._store = store
+        self._settings = settings
+        self._dispatch = dispatch
+        self._on_state = on_state
+        self._pending: deque[tuple[int, str, str | None]] = deque()
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._needs_read = False
+        self.last_seq = 0
+        self.up = False
+        self.reconnects = 0
+        self.dispatched = 0
+
+    async def start_position(self) -> None:
+        """Begin at the current head: older events reach clients through resume, not live."""
+        self.last_seq = (await self._store.position()).head
+
+    # -- asyncpg callbacks: plain functions, so asyncpg calls them in order; they only record --------
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            head = json.loads(payload)
+            seq, topic = head["seq"], head["topic"]
+            if not isinstance(seq, int) or not isinstance(topic, str):
+                raise ValueError
+            text = payload if head.get("type") == "event" else None
+            self._pending.append((seq, topic, text))
+        except Exception:
+            self._needs_read = True  # not ours or not understood: the table knows
+        self._wake.set()
+
+    def _on_terminate(self, _conn: object) -> None:
+        self._lost.set()
+        self._wake.set()
+
+    # -- the consumer --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect(self._dsn, role="listener", timeout=5)
+                self._lost.clear()
+                conn.add_termination_listener(self._on_terminate)
+                await conn.add_listener(CHANNEL, self._on_notify)
+                await self._catch_up()  # after LISTEN: whatever committed meanwhile is read or notified
+                self._set_up(True)
+                backoff = 0.1
+                await self._pump(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listener connection lost or failed: %s: %s", type(exc).__name__, exc)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+            self._set_up(False)
+            self.reconnects += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._settings.reconnect_max_s)
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            self._on_state(up)
+
+    async def _pump(self, conn: asyncpg.Connection) -> None:
+        loop = asyncio.get_running_loop()
+        poll = self._settings.listener_poll_s
+        health_every = self._settings.listener_health_s
+        next_poll = loop.time() + poll
+        next_health = loop.time() + health_every
+        while True:
+            timeout = max(0.0, min(next_poll, next_health) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._lost.is_set() or conn.is_closed():
+                raise ConnectionError("listener connection terminated")
+            self._drain_pending()
+            now = loop.time()
+            if self._needs_read or now >= next_poll:
+                await self._catch_up()
+                next_poll = loop.time() + poll
+            if now >= next_health:
+                # A silently dead TCP connection delivers nothing and raises nothing; ask it.
+                await conn.fetchval("SELECT 1", timeout=min(5.0, health_every))
+                next_health = loop.time() + health_every
+
+    def _drain_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            seq, topic, text = pending.popleft()
+            if seq <= self.last_seq:
+                continue
+            if seq == self.last_seq + 1 and text is not None:
+                self._emit(Frame(topic, seq, text))
+                continue
+            # A stub, or a gap (a rolled-back seq, or a notification we never got): read the table.
+            self._needs_read = True
+            pending.clear()
+
+    async def _catch_up(self) -> None:
+        """Dispatch every committed event after last_seq, in order, page by page."""
+        self._needs_read = False
+        page = self._settings.replay_page
+        while True:
+            result = await self._store.read_page_unchecked(self.last_seq, page)
+            for ev in result:
+                if ev.seq > self.last_seq:
+                    self._emit(Frame(ev.topic, ev.seq, ev.frame))
+            if len(result) < page:
+                break
+        self._drain_pending()  # notifications that arrived during the read; duplicates are skipped
+
+    def _emit(self, frame: Frame) -> None:
+        assert frame.seq is not None
+        self.last_seq = frame.seq
+        self.dispatched += 1
+        self._dispatch(frame)

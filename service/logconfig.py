@@ -1,0 +1,69 @@
+"""Logging: text or JSON lines, and a filter that keeps tokens out of every line.
+
+The filter sits on the handlers, so it sees every record, including uvicorn's
+access log (which prints query strings) and its WebSocket handshake lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+_PATTERNS = (
+    (re.compile(r"(?i)([?&]token=)[^&\s\"']*"), r"\1[REDACTED]"),
+    (re.compile(r"(?i)(bearer[ ,]+)[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), r"\1[REDACTED]"),
+    # A bare JWT anywhere (three base64url parts, the first an encoded JSON header).
+    (re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), "[REDACTED-JWT]"),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
+    """A dictConfig for the hub and uvicorn, every handler behind RedactTokens."""
+    formatter = {"()": JsonFormatter} if fmt == "json" else {
+        "format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": RedactTokens}},
+        "formatters": {"default": formatter},
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default",
+                                 "filters": ["redact"], "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.error": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.access": {"handlers": ["default"], "level": level, "propagate": False},
+            "service": {"handlers": ["default"], "level": level, "propagate": False},
+        },
+        "root": {"handlers": ["default"], "level": "WARNING"},
+    }

@@ -1,0 +1,42 @@
+"""Prometheus metrics of one hub process, in a registry owned by its app (not the global one).
+
+With several worker processes each serves its own /metrics; scrape each
+process (one port per process), or put the workers on separate ports. See the
+README's operations section.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.connections = Gauge("zepix_hub_connections", "Open WebSocket connections", registry=r)
+        self.events = Counter("zepix_hub_events_dispatched_total", "Events dispatched by the listener",
+                              ["topic"], registry=r)
+        self.frames = Counter("zepix_hub_frames_queued_total", "Frames queued to clients (fan-out)", registry=r)
+        self.latency = Histogram(
+            "zepix_hub_commit_to_send_seconds", "From the event's append (commit) to its hand-off to the sockets",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self.listener_lag = Gauge("zepix_hub_listener_lag_events", "Head seq in the database minus last dispatched",
+                                  registry=r)
+        self.listener_up = Gauge("zepix_hub_listener_up", "1 while the LISTEN connection is up", registry=r)
+        self.reconnects = Counter("zepix_hub_listener_reconnects_total", "Listener reconnects", registry=r)
+        self.disconnects = Counter("zepix_hub_disconnects_total", "Closes by close code", ["code"], registry=r)
+        self.resumes = Counter("zepix_hub_resumes_total", "Resumes by outcome", ["recovered"], registry=r)
+        self.replayed = Counter("zepix_hub_replayed_events_total", "Events sent by resume replays", registry=r)
+        self.queue_peak = Gauge("zepix_hub_queue_depth_peak", "Highest client queue depth seen", registry=r)
+        self.notify_queue = Gauge("zepix_hub_notify_queue_usage", "pg_notification_queue_usage()", registry=r)
+
+    def closed(self, code: int) -> None:
+        self.disconnects.labels(code=str(code)).inc()
+
+    def resumed(self, recovered: bool, count: int) -> None:
+        self.resumes.labels(recovered=str(recovered).lower()).inc()
+        self.replayed.inc(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,178 @@
+"""HTTP and WebSocket endpoints: thin, each hands off to the store, the session or the metrics.
+
+Client mistakes get a 4xx with a reason, never a 500: 401 for a missing or bad
+token, 403 for a topic the token does not allow, 410 for a `since` that is no
+longer retained, 422 for malformed parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from .app import STATIC_DIR, Hub
+from .auth import Principal
+from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
+from .session import MAX_SEQ, Session
+from .topics import LOG_STREAM, PERSISTED_TOPICS, TRADE_UPDATE, parse_topics
+
+router = APIRouter()
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class GoneBody(BaseModel):
+    detail: str
+    oldest: int
+    head: int
+
+
+class EventFrame(BaseModel):
+    type: str
+    topic: str
+    seq: int
+    ts: str
+    data: dict[str, Any]
+
+
+class EventsPage(BaseModel):
+    events: list[EventFrame]
+    next_since: int
+    head: int
+    oldest: int
+
+
+class SnapshotBody(BaseModel):
+    head: int
+    oldest: int
+    open_trades: list[dict[str, Any]]
+    closed_trades: list[dict[str, Any]]
+    logs: list[dict[str, Any]]
+    status: dict[str, Any] | None
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def principal(hub: HubDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    if not authorization or authorization[:7].lower() != "bearer ":
+        raise HTTPException(401, "missing bearer token (Authorization: Bearer <JWT>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return hub.verifier.verify(authorization[7:].strip())
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+
+
+PrincipalDep = Annotated[Principal, Depends(principal)]
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, invalid or expired token"},
+    403: {"model": ErrorBody, "description": "The token does not allow a requested topic"},
+    422: {"description": "Malformed parameters"},
+}
+
+
+@router.get("/api/events", response_model=EventsPage,
+            responses={**AUTH_ERRORS, 410: {"model": GoneBody, "description": "since is no longer retained"}})
+async def replay(
+    hub: HubDep,
+    who: PrincipalDep,
+    since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with seq > since")],
+    topics: Annotated[str | None, Query(max_length=200, description="Comma-separated topics")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> Response:
+    """Events after `since`, in seq order, shaped like the live frames."""
+    try:
+        wanted = parse_topics(topics) if topics is not None else who.topics & PERSISTED_TOPICS
+        who.check_topics(wanted)
+    except UnknownTopicError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ForbiddenTopicError as exc:
+        raise HTTPException(403, str(exc)) from None
+    try:
+        page = await hub.store.read_page(since, wanted & PERSISTED_TOPICS, limit)
+    except ResumeGone as exc:
+        return JSONResponse({"detail": str(exc), "oldest": exc.oldest, "head": exc.head}, status_code=410)
+    # Frames are JSON already (rendered by the database): splice, don't re-encode.
+    body = (f'{{"events":[{",".join(e.frame for e in page.events)}],"next_since":{page.next_since},'
+            f'"head":{page.position.head},"oldest":{page.position.oldest}}}')
+    return Response(body, media_type="application/json")
+
+
+@router.get("/api/snapshot", response_model=SnapshotBody, responses=AUTH_ERRORS)
+async def snapshot(hub: HubDep, who: PrincipalDep) -> Response:
+    """Open trades, recent closed trades and log lines, with the `head` seq of the same database snapshot.
+
+    Render this, then connect with since=head: no gap, no double.
+    """
+    snap = await hub.store.snapshot(hub.settings.snapshot_logs)
+    trades_ok, logs_ok = TRADE_UPDATE in who.topics, LOG_STREAM in who.topics
+    body = (
+        f'{{"head":{snap.head},"oldest":{snap.oldest},'
+        f'"open_trades":[{",".join(snap.open_trades) if trades_ok else ""}],'
+        f'"closed_trades":[{",".join(snap.closed_trades) if trades_ok else ""}],'
+        f'"logs":[{",".join(snap.logs) if logs_ok else ""}],'
+        f'"status":{json.dumps(hub.heartbeat.latest_data)}}}'
+    )
+    return Response(body, media_type="application/json")
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Not ready; the body says why"}})
+async def readyz(hub: HubDep) -> JSONResponse:
+    """Ready when the database answers, migrations are at head and the listener is connected and not lagging."""
+    from . import migrate
+
+    problems: list[str] = []
+    checks: dict[str, Any] = {"listener": hub.listener.up}
+    if not hub.listener.up:
+        problems.append("listener is not connected to the database")
+    try:
+        async with hub.pool.acquire(timeout=2) as conn:
+            current = await migrate.current_revision(conn)
+            head = int(await conn.fetchval("SELECT head FROM event_log_status", timeout=2))
+        expected = migrate.head_revision()
+        checks.update(migration=current, expected_migration=expected, head=head,
+                      last_dispatched=hub.listener.last_seq)
+        if current != expected:
+            problems.append(f"database is at migration {current}, expected {expected}: run zepix-hub migrate")
+        lag = head - hub.listener.last_seq
+        if lag > 1000:
+            problems.append(f"listener lags {lag} events behind the database")
+    except Exception as exc:
+        problems.append(f"database unavailable: {type(exc).__name__}")
+    body = {"status": "ready" if not problems else "not ready", "problems": problems, "checks": checks}
+    return JSONResponse(body, status_code=200 if not problems else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(hub: HubDep) -> Response:
+    """Prometheus text format, this process only."""
+    return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.websocket("/ws/live")
+async def live(websocket: WebSocket) -> None:
+    """The live stream; protocol in docs/protocol.md."""
+    await Session(websocket, websocket.app.state.hub).run()

@@ -1,0 +1,324 @@
+"""One WebSocket client's life on /ws/live: handshake, resume, client messages, token expiry.
+
+The session owns its token-expiry timer and reads the socket; the
+ConnectionManager owns the client's sender task, the only writer after the
+welcome frame. Whatever the client sends, the outcome is an error frame or a
+documented close code (docs/protocol.md), never an exception that reaches
+uvicorn or another client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import __version__
+from .auth import Principal
+from .connections import Client
+from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
+from .frames import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNAUTHORIZED,
+    PONG,
+    control,
+    error,
+)
+from .topics import PERSISTED_TOPICS, SYS_STATUS, parse_topics
+
+if TYPE_CHECKING:
+    from .app import Hub
+
+log = logging.getLogger(__name__)
+
+MAX_SEQ = 2**63 - 1
+
+
+def token_from_handshake(ws: WebSocket) -> tuple[str | None, bool]:
+    """The JWT, from ?token=, then Authorization: Bearer, then the ["bearer", JWT] subprotocol pair.
+
+    Returns (token, offered_bearer_subprotocol).
+    """
+    offered = list(ws.scope.get("subprotocols") or [])
+    bearer = "bearer" in offered
+    token = ws.query_params.get("token")
+    if token:
+        return token, bearer
+    header = ws.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip(), bearer
+    if bearer:
+        rest = [p for p in offered if p != "bearer"]
+        return (rest[0] if rest else None), True
+    return None, False
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """No Origin (scripts) is fine; a browser Origin must be listed, or be the hub's own when none are."""
+    if origin is None:
+        return True
+    if "*" in allowed:
+        return True
+    if allowed:
+        return origin.rstrip("/") in {a.rstrip("/") for a in allowed}
+    return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
+
+
+class _RateLimit:
+    """Token bucket: `rate` messages a second, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def _parse_since(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_SEQ:
+        raise ValueError("since must be a non-negative integer (a seq)")
+    return int(raw)
+
+
+class Session:
+    def __init__(self, ws: WebSocket, hub: Hub) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.principal: Principal | None = None
+        self.client: Client | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._limit = _RateLimit(hub.settings.client_rate, hub.settings.client_burst)
+
+    async def run(self) -> None:
+        try:
+            if await self._handshake():
+                await self._receive_loop()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._expiry
+            if self.client is not None:
+                await self.hub.manager.unregister(self.client)
+
+    async def _refuse(self, code: int, reason: str, frame: str | None = None) -> bool:
+        if frame is not None:
+            await self.ws.send_text(frame)
+        self.hub.metrics.closed(code)
+        await self.ws.close(code, reason)
+        return False
+
+    async def _handshake(self) -> bool:
+        ws, hub, settings = self.ws, self.hub, self.hub.settings
+        token, bearer = token_from_handshake(ws)
+        await ws.accept(subprotocol="bearer" if bearer else None)
+        if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins):
+            return await self._refuse(CLOSE_FORBIDDEN, "origin not allowed")
+        try:
+            principal = hub.verifier.verify(token)
+        except AuthError as exc:
+            return await self._refuse(CLOSE_UNAUTHORIZED, str(exc))
+        self.principal = principal
+        try:
+            raw_topics = ws.query_params.get("topics")
+            topics = parse_topics(raw_topics) if raw_topics is not None else principal.topics
+            principal.check_topics(topics)
+            since = _parse_since(ws.query_params.get("since"))
+        except ForbiddenTopicError as exc:
+            return await self._refuse(CLOSE_FORBIDDEN, "topic not allowed", error("forbidden_topic", str(exc)).text)
+        except (UnknownTopicError, ValueError) as exc:
+            code = "unknown_topic" if isinstance(exc, UnknownTopicError) else "invalid_since"
+            return await self._refuse(CLOSE_BAD_REQUEST, code.replace("_", " "), error(code, str(exc)).text)
+
+        head = hub.listener.last_seq
+        client = Client(
+            settings, send=ws.send_text, close=ws.close, abort=lambda: _abort_transport(ws),
+            topics=topics, subject=principal.subject, delivered=head,
+            prelude=lambda c: self._prelude(c, since),
+        )
+        welcome = control(
+            "welcome", session=client.id, sub=principal.subject, topics=sorted(topics), head=head,
+            oldest=hub.oldest_hint, heartbeat_s=settings.heartbeat_s, resume=since is not None,
+            expires_at=int(principal.expires_at), server=f"zepix-hub/{__version__}",
+        )
+        await ws.send_text(welcome.text)
+        self.client = client
+        hub.manager.register(client)  # from here on live frames queue up; the sender runs the prelude first
+        self._arm_expiry(principal)
+        log.info("client %s connected sub=%s topics=%s resume=%s", client.id, principal.subject,
+                 ",".join(sorted(topics)), since is not None)
+        return True
+
+    async def _prelude(self, client: Client, since: int | None) -> None:
+        """Runs in the sender task before live frames: latest sys_status, then the resume replay."""
+        hub = self.hub
+        latest = hub.heartbeat.latest
+        if latest is not None and SYS_STATUS in client.topics:
+            await client.send_now(latest.text)
+        if since is None:
+            return
+        persisted = client.topics & PERSISTED_TOPICS
+        count = 0
+        try:
+            pos = await hub.store.position()
+            cap = hub.settings.resume_cap
+            gone = since < pos.floor or since > pos.head
+            too_many = (not gone and bool(persisted)
+                        and await hub.store.count_after(since, persisted, cap + 1) > cap)
+            if gone or too_many:
+                hub.metrics.resumed(False, 0)
+                await client.send_now(control("replayed", since=since, head=pos.head, count=0, recovered=False,
+                                              reason="too many missed events" if too_many else "since not retained"
+                                              ).text)
+                return
+            if persisted:
+                async for ev in hub.store.iter_after(since, persisted, hub.settings.replay_page):
+                    await client.send_now(ev.frame)
+                    client.delivered = ev.seq
+                    count += 1
+            client.delivered = max(client.delivered, since) if count == 0 else client.delivered
+        except ResumeGone as exc:  # pruned while we read
+            hub.metrics.resumed(False, count)
+            await client.send_now(control("replayed", since=since, head=exc.head, count=count,
+                                          recovered=False, reason="pruned during replay").text)
+            return
+        except (OSError, asyncio.TimeoutError) as exc:
+            client.request_close(1013, f"database unavailable; retry with since={client.delivered}")
+            log.warning("client %s resume failed: %s", client.id, exc)
+            return
+        except Exception as exc:
+            if type(exc).__module__.startswith("asyncpg"):
+                client.request_close(1013, f"database unavailable; retry with since={client.delivered}")
+                return
+            raise
+        hub.metrics.resumed(True, count)
+        await client.send_now(control("replayed", since=since, head=max(client.delivered, since), count=count,
+                                      recovered=True).text)
+
+    def _arm_expiry(self, principal: Principal) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.create_task(self._expire_at(principal.expires_at), name="hub-token-expiry")
+
+    async def _expire_at(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - time.time()))
+        if self.client is not None:
+            self.client.request_close(CLOSE_UNAUTHORIZED, "token expired")
+
+    async def _receive_loop(self) -> None:
+        ws, client = self.ws, self.client
+        assert client is not None
+        max_bytes = self.hub.settings.max_frame_bytes
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if not self._limit.allow():
+                client.request_close(CLOSE_POLICY, "rate limit exceeded")
+                continue
+            text = message.get("text")
+            if text is None:
+                client.offer(error("binary_not_supported", "send JSON text frames"))
+                continue
+            if len(text) > max_bytes or len(text.encode()) > max_bytes:
+                client.request_close(CLOSE_TOO_BIG, "message too big")
+                continue
+            self._handle(text)
+
+    def _handle(self, text: str) -> None:
+        client = self.client
+        assert client is not None and self.principal is not None
+        try:
+            msg: Any = json.loads(text)
+        except (ValueError, RecursionError):
+            client.offer(error("invalid_json", "message is not valid JSON"))
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            client.offer(error("invalid_message", 'a message is a JSON object with a string "type"'))
+            return
+        kind = msg["type"]
+        if kind == "ping":
+            client.offer(PONG)
+        elif kind in ("subscribe", "unsubscribe"):
+            self._change_topics(kind, msg.get("topics"))
+        elif kind == "refresh":
+            self._refresh(msg.get("token"))
+        else:
+            shown = kind if len(kind) <= 32 else kind[:32] + "..."
+            client.offer(error("unknown_type", f"unknown message type {shown!r}; "
+                                               "expected ping, subscribe, unsubscribe or refresh"))
+
+    def _change_topics(self, kind: str, raw: object) -> None:
+        client, principal = self.client, self.principal
+        assert client is not None and principal is not None
+        if not isinstance(raw, list):
+            client.offer(error("invalid_message", f'{kind} needs "topics": a list of topic names'))
+            return
+        try:
+            wanted = parse_topics(raw)
+            if kind == "subscribe":
+                principal.check_topics(wanted)
+        except UnknownTopicError as exc:
+            client.offer(error("unknown_topic", str(exc)))
+            return
+        except ForbiddenTopicError as exc:
+            client.offer(error("forbidden_topic", str(exc)))
+            return
+        topics = client.topics | wanted if kind == "subscribe" else client.topics - wanted
+        self.hub.manager.set_topics(client, topics)
+        client.offer(control("topics", topics=sorted(topics)))
+
+    def _refresh(self, token: object) -> None:
+        client, principal = self.client, self.principal
+        assert client is not None and principal is not None
+        if not isinstance(token, str):
+            client.offer(error("invalid_message", 'refresh needs "token": a string'))
+            return
+        try:
+            fresh = self.hub.verifier.verify(token)
+        except AuthError as exc:
+            client.offer(error("refresh_rejected", str(exc)))
+            return
+        if fresh.subject != principal.subject:
+            client.offer(error("refresh_rejected", "the new token is for another subject"))
+            return
+        self.principal = fresh
+        narrowed = client.topics & fresh.topics
+        if narrowed != client.topics:
+            self.hub.manager.set_topics(client, narrowed)
+        self._arm_expiry(fresh)
+        client.offer(control("refreshed", expires_at=int(fresh.expires_at), topics=sorted(narrowed)))
+
+
+def _abort_transport(ws: WebSocket) -> None:
+    """Drop the TCP connection of a peer that stopped reading.
+
+    ASGI offers no abort, so this reaches through Starlette's `send` to the
+    uvicorn protocol object that owns the transport; if that is not there (another
+    server), the close already requested stands and the server times it out.
+    """
+    protocol = getattr(getattr(ws, "_send", None), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.abort()

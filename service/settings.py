@@ -1,0 +1,129 @@
+"""Settings: every knob of the hub, read from HUB_* environment variables.
+
+Built by `create_app()` and the CLI, never at import time, so tests and tools
+can construct several hubs with different settings in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
+
+HS_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
+
+
+class Settings(BaseSettings):
+    """The hub's configuration. See the README's configuration table for the meaning of each field."""
+
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("HUB_DATABASE_URL", "DATABASE_URL", "database_url")
+    )
+    data_dir: Path = Path(".zepix-hub")
+    auto_migrate: bool = True
+    dev: bool | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = None
+
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_private_key: str | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_s: int = Field(default=0, ge=0, le=300)
+    max_token_bytes: int = Field(default=8192, ge=256)
+
+    allowed_origins: Annotated[list[str], NoDecode] = []
+
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    resume_cap: int = Field(default=10_000, ge=0)
+    replay_page: int = Field(default=1000, ge=1, le=10_000)
+    queue_max_frames: int = Field(default=2000, ge=1)
+    queue_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    send_timeout_s: float = Field(default=3.0, gt=0)
+    max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    client_rate: float = Field(default=20.0, gt=0)
+    client_burst: int = Field(default=60, ge=1)
+    ws_ping_interval_s: float = Field(default=20.0, gt=0)
+    ws_ping_timeout_s: float = Field(default=20.0, gt=0)
+
+    listener_poll_s: float = Field(default=1.0, gt=0)
+    listener_health_s: float = Field(default=5.0, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    pool_min: int = Field(default=1, ge=0)
+    pool_max: int = Field(default=10, ge=1)
+
+    retention: str | None = None
+    snapshot_logs: int = Field(default=200, ge=0, le=10_000)
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("jwt_algorithms", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("HUB_JWT_ALGORITHMS must name at least one algorithm")
+        for alg in value:
+            if alg not in HS_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"HUB_JWT_ALGORITHMS: unsupported algorithm {alg!r} ('none' is never allowed)")
+        if set(value) & HS_ALGORITHMS and set(value) & ASYMMETRIC_ALGORITHMS:
+            # Mixing them invites algorithm confusion (an HS256 token signed with the public key).
+            raise ValueError("HUB_JWT_ALGORITHMS: do not mix HS* and RS*/ES* algorithms")
+        return value
+
+    @model_validator(mode="after")
+    def _retention_parses(self) -> Settings:
+        if self.retention:
+            from .durations import parse_duration
+
+            parse_duration(self.retention)
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no database URL is set: the hub runs its own PostgreSQL in `data_dir`."""
+        return not self.database_url
+
+    @property
+    def dev_mode(self) -> bool:
+        """Dev mode (a random secret kept in the data dir) is on by default only with the embedded database."""
+        return self.embedded if self.dev is None else self.dev
+
+    @property
+    def symmetric(self) -> bool:
+        return self.jwt_algorithms[0] in HS_ALGORITHMS
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides, turning pydantic's errors into ConfigError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}

@@ -1,0 +1,186 @@
+"""The event store as the hub reads it: position, replay pages, snapshots, prune.
+
+Every read that a client's correctness depends on (a replay page and the
+retention floor it is checked against; a snapshot and its head) runs in one
+REPEATABLE READ snapshot, so a concurrent prune or commit cannot slip between
+the two halves. The queries themselves live in sql/queries.sql.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+import asyncpg
+
+from .errors import ResumeGone
+from .topics import PERSISTED_TOPICS
+
+QUERIES_FILE = Path(__file__).resolve().parent.parent / "sql" / "queries.sql"
+
+
+def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
+    """Split sql/queries.sql into {name: sql} on its `-- name: x` lines."""
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", path.read_text(), flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip()
+    return queries
+
+
+Q = load_queries()
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the log stands: newest seq, oldest retained seq, and the retention floor."""
+
+    head: int
+    oldest: int
+    floor: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    topic: str
+    frame: str  # the client frame, rendered once by hub_event_frame_v1
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[StoredEvent]
+    position: Position
+    next_since: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    head: int
+    oldest: int
+    open_trades: list[str]  # JSON texts
+    closed_trades: list[str]
+    logs: list[str]
+
+
+def _position(row: asyncpg.Record) -> Position:
+    return Position(head=int(row["head"]), oldest=int(row["oldest"]), floor=int(row["pruned_through"]))
+
+
+def _topic_filter(topics: Iterable[str] | None) -> list[str] | None:
+    """None means every persisted topic; a set covering all of them is the same and uses the cheaper query."""
+    if topics is None:
+        return None
+    wanted = sorted(set(topics) & PERSISTED_TOPICS)
+    return None if len(wanted) == len(PERSISTED_TOPICS) else wanted
+
+
+class EventStore:
+    """Reads the event log through a pool it does not own (the app's lifespan owns it)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def position(self) -> Position:
+        async with self._pool.acquire() as conn:
+            return _position(await conn.fetchrow(Q["log_position"]))
+
+    async def read_page(self, since: int, topics: Iterable[str] | None, limit: int) -> Page:
+        """Events with seq > since on `topics` (None = all), at most `limit`, checked against the floor.
+
+        Raises ResumeGone when `since` is below the retention floor or above the
+        head (a log that was reset): the caller must reload state, never replay a part.
+        """
+        wanted = _topic_filter(topics)
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            pos = _position(await conn.fetchrow(Q["log_position"]))
+            check_resumable(since, pos)
+            if wanted is None:
+                rows = await conn.fetch(Q["events_after"], since, limit)
+            elif wanted:
+                rows = await conn.fetch(Q["events_after_on_topics"], since, wanted, limit)
+            else:
+                rows = []
+        events = [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
+        # A short page means nothing else on these topics up to head: the reader may skip to head.
+        next_since = events[-1].seq if len(events) == limit else max(since, pos.head)
+        return Page(events=events, position=pos, next_since=next_since)
+
+    async def read_page_unchecked(self, since: int, limit: int) -> list[StoredEvent]:
+        """The listener's read: all topics after `since`. No floor check: the listener is always at the head."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(Q["events_after"], since, limit)
+        return [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
+
+    async def iter_after(self, since: int, topics: Iterable[str] | None, page: int,
+                         until: int | None = None) -> AsyncIterator[StoredEvent]:
+        """Every event after `since` (up to `until` if given), page by page, each page floor-checked."""
+        cursor = since
+        while True:
+            result = await self.read_page(cursor, topics, page)
+            for ev in result.events:
+                if until is not None and ev.seq > until:
+                    return
+                yield ev
+            if len(result.events) < page or result.next_since <= cursor:
+                return
+            cursor = result.next_since
+
+    async def count_after(self, since: int, topics: Iterable[str] | None, cap: int) -> int:
+        """How many events after `since` on `topics`, counting no further than `cap`."""
+        wanted = _topic_filter(topics)
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval(Q["count_after"], since, wanted, cap))
+
+    async def snapshot(self, log_lines: int, closed_trades: int = 20) -> Snapshot:
+        """Open trades, recent closed trades and log lines with the head seq, all from one database snapshot."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            pos = _position(await conn.fetchrow(Q["log_position"]))
+            open_rows = await conn.fetch(Q["open_trades"])
+            closed_rows = await conn.fetch(Q["recent_closed_trades"], closed_trades)
+            log_rows = await conn.fetch(Q["recent_logs"], log_lines)
+        return Snapshot(
+            head=pos.head, oldest=pos.oldest,
+            open_trades=[r[0] for r in open_rows],
+            closed_trades=[r[0] for r in closed_rows],
+            logs=[r[0] for r in reversed(log_rows)],
+        )
+
+
+def check_resumable(since: int, pos: Position) -> None:
+    if since < pos.floor:
+        raise ResumeGone(
+            f"events after {since} were pruned; oldest retained is {pos.oldest}: reload state from /api/snapshot",
+            oldest=pos.oldest, head=pos.head,
+        )
+    if since > pos.head:
+        raise ResumeGone(
+            f"since={since} is ahead of the log's head {pos.head} (was the database reset?): reload state",
+            oldest=pos.oldest, head=pos.head,
+        )
+
+
+async def prune(conn: asyncpg.Connection, older_than: timedelta, batch: int = 5000) -> tuple[int, int]:
+    """Delete events older than `older_than` in batches of `batch`, each its own short transaction.
+
+    Returns (deleted, floor). Holds no lock a writer waits on: only the deleted
+    rows are locked, a batch at a time, and the floor moves with each batch.
+    """
+    cutoff = datetime.now(UTC) - older_than
+    upto = await conn.fetchval(Q["prune_cutoff"], cutoff)
+    total = 0
+    floor = int(await conn.fetchval("SELECT pruned_through FROM event_retention"))
+    if upto is None:
+        return 0, floor
+    while True:
+        row = await conn.fetchrow(Q["prune_batch"], upto, batch)
+        assert row is not None
+        deleted = int(row["deleted"])
+        if row["floor"] is not None:
+            floor = int(row["floor"])
+        total += deleted
+        if deleted < batch:
+            return total, floor
+

@@ -1,0 +1,72 @@
+-- Named queries the hub runs at run time. service/store.py loads this file and
+-- runs each block by its name; a DBA can paste any of them into psql (replace
+-- $1, $2, ... by values). None of them writes, except the prune pair.
+
+-- name: log_position
+-- head, oldest retained seq and retention floor; read in the same snapshot as
+-- the events a caller is about to read, so a prune cannot slip in between.
+SELECT head, oldest, pruned_through FROM event_log_status;
+
+-- name: events_after
+-- Events after seq $1, in seq order, at most $2, rendered as client frames.
+SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
+  FROM events
+ WHERE seq > $1
+ ORDER BY seq
+ LIMIT $2;
+
+-- name: events_after_on_topics
+-- The same, restricted to the topics in $2 (uses events_topic_seq_idx).
+SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
+  FROM events
+ WHERE seq > $1 AND topic = ANY($2::text[])
+ ORDER BY seq
+ LIMIT $3;
+
+-- name: count_after
+-- How many events a client resuming from $1 on topics $2 (NULL = all) missed,
+-- counting at most $3 of them: enough to decide whether to replay or reset.
+SELECT count(*) FROM (
+    SELECT 1 FROM events
+     WHERE seq > $1 AND ($2::text[] IS NULL OR topic = ANY($2::text[]))
+     LIMIT $3
+) AS missed;
+
+-- name: open_trades
+-- Trades that are not final, oldest first: what the dashboard's table shows.
+SELECT to_jsonb(t)::text
+  FROM trades AS t
+ WHERE status IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED', 'FILLED')
+ ORDER BY opened_at, id;
+
+-- name: recent_closed_trades
+-- The last $1 trades that reached a final status, newest first.
+SELECT to_jsonb(t)::text
+  FROM trades AS t
+ WHERE status IN ('CLOSED', 'CANCELLED', 'REJECTED')
+ ORDER BY coalesce(closed_at, updated_at) DESC, id DESC
+ LIMIT $1;
+
+-- name: recent_logs
+-- The last $1 log lines, newest first.
+SELECT to_jsonb(l)::text FROM logs AS l ORDER BY id DESC LIMIT $1;
+
+-- name: prune_cutoff
+-- Highest seq appended before $1: everything up to it may go.
+SELECT max(seq) FROM events WHERE created_at < $1;
+
+-- name: prune_batch
+-- Delete the oldest events up to seq $1, at most $2 of them, and raise the
+-- retention floor in the same transaction so readers never see a silent gap.
+WITH doomed AS (
+    SELECT seq FROM events WHERE seq <= $1 ORDER BY seq LIMIT $2
+), gone AS (
+    DELETE FROM events AS e USING doomed AS d WHERE e.seq = d.seq RETURNING e.seq
+), floor AS (
+    UPDATE event_retention
+       SET pruned_through = greatest(pruned_through, (SELECT max(seq) FROM gone)),
+           pruned_at = now()
+     WHERE EXISTS (SELECT 1 FROM gone)
+    RETURNING pruned_through
+)
+SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT pruned_through FROM floor) AS floor;

