@@ -61,6 +61,9 @@ class Verifier:
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise AuthError("token algorithm not allowed")
         options = {"require_exp": True, "verify_aud": self._settings.jwt_audience is not None,
+                   # jose accepts a token *without* aud/iss even when one is configured; we do not.
+                   "require_aud": self._settings.jwt_audience is not None,
+                   "require_iss": self._settings.jwt_issuer is not None,
                    "leeway": self._settings.jwt_leeway_s}
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -71,8 +74,10 @@ class Verifier:
             raise AuthError("token expired") from None
         except JWTClaimsError as exc:
             raise AuthError(_claims_reason(str(exc))) from None
-        except JWTError:
-            raise AuthError("invalid token signature or encoding") from None
+        except JWTError as exc:
+            # jose reports a missing required claim as a plain JWTError.
+            reason = _claims_reason(str(exc)) if "required" in str(exc) else "invalid token signature"
+            raise AuthError(reason) from None
         except Exception:  # jose raises assorted errors on hostile input; none may escape as a 500.
             raise AuthError("malformed token") from None
         return _principal(claims)
@@ -80,9 +85,9 @@ class Verifier:
 
 def _claims_reason(detail: str) -> str:
     lowered = detail.lower()
-    if "audience" in lowered:
+    if "audience" in lowered or '"aud"' in lowered:
         return "wrong token audience"
-    if "issuer" in lowered:
+    if "issuer" in lowered or '"iss"' in lowered:
         return "wrong token issuer"
     if "before" in lowered or "nbf" in lowered or "not yet valid" in lowered:
         return "token not yet valid"

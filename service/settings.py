@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_s: int = Field(default=0, ge=0, le=300)
-    max_token_bytes: int = Field(default=8192, ge=256)
+    max_token_bytes: int = Field(default=4096, ge=256)
 
     allowed_origins: Annotated[list[str], NoDecode] = []
 
