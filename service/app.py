@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from . import migrate
+from .asgi import TransportAbort
 from .auth import Verifier, verification_key
 from .connections import ConnectionManager
 from .database import create_pool, resolve_dsn
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    app.add_middleware(TransportAbort)
     return app
 
 

