@@ -11,7 +11,7 @@ requested close stands until that server times it out.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 ABORT_KEY = "zepix.abort"
@@ -37,6 +37,6 @@ def _abort(protocol: object) -> None:
             transport.abort()
 
 
-def abort_of(scope: dict[str, Any]) -> Callable[[], None]:
+def abort_of(scope: Mapping[str, Any]) -> Callable[[], None]:
     abort: Callable[[], None] = scope.get(ABORT_KEY) or (lambda: None)
     return abort

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import ConfigError, HubError
+from .errors import ConfigError, HubError, UnknownTopicError
 from .settings import Settings, load_settings
 
 log = logging.getLogger("service.cli")
@@ -72,10 +72,8 @@ def _dsn(settings: Settings) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
-    from .auth import mint, signing_key
-    from .server import HubServer, uvicorn_config
-
-    from .auth import verification_key
+    from .auth import mint, signing_key, verification_key
+    from .server import HubServer, run_workers, uvicorn_config
 
     settings = _settings(host=args.host, port=args.port)
     verification_key(settings)  # fail early on a missing key, before starting a database
@@ -106,12 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.demo:
             raise ConfigError("--demo runs with one worker; run `zepix-hub demo` beside a multi-worker hub")
         config = uvicorn_config("service.app:create_app", worker_settings, factory=True, workers=args.workers)
-        from uvicorn.supervisors import Multiprocess
-
-        server = HubServer(config)
-        sock = config.bind_socket()
-        announce(sock.getsockname()[1])
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        run_workers(config, args.workers, on_bound=announce)
         return EXIT_OK
 
     async def main() -> None:
@@ -137,7 +130,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await demo
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SystemExit as exc:  # uvicorn exits the process when it cannot bind
+        if exc.code not in (0, None):
+            raise HubError(f"the hub could not start on {settings.host}:{settings.port} (port in use?)") from None
     return EXIT_OK
 
 
@@ -188,7 +185,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     from .topics import parse_topics
 
     settings = _settings()
-    topics = parse_topics(args.topics) if args.topics else None
+    try:
+        topics = parse_topics(args.topics) if args.topics else None
+    except UnknownTopicError as exc:
+        raise ConfigError(f"--topics: {exc}") from None
     ttl = parse_duration(args.ttl).total_seconds()
     print(mint(settings, signing_key(settings), subject=args.sub, ttl_s=ttl, topics=topics))
     return EXIT_OK

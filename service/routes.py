@@ -21,6 +21,7 @@ from .session import MAX_SEQ, Session
 from .topics import LOG_STREAM, PERSISTED_TOPICS, TRADE_UPDATE, parse_topics
 
 router = APIRouter()
+ASYNCAPI_FILE = STATIC_DIR.parent / "asyncapi.json"
 
 
 class ErrorBody(BaseModel):
@@ -165,6 +166,12 @@ async def readyz(hub: HubDep) -> JSONResponse:
 async def metrics(hub: HubDep) -> Response:
     """Prometheus text format, this process only."""
     return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/asyncapi.json", include_in_schema=False)
+async def asyncapi() -> FileResponse:
+    """The AsyncAPI 3 description of /ws/live (docs/protocol.md is the one for people)."""
+    return FileResponse(ASYNCAPI_FILE, media_type="application/json")
 
 
 @router.get("/", include_in_schema=False)

@@ -9,7 +9,10 @@ and waits for them (bounded).
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -53,3 +56,36 @@ class HubServer(uvicorn.Server):
             for sock in server.sockets:
                 return int(sock.getsockname()[1])
         raise RuntimeError("server is not listening")
+
+
+def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], None] | None = None) -> None:
+    """Run `workers` HubServer processes on one listening socket until SIGINT/SIGTERM.
+
+    uvicorn's own supervisor would start plain uvicorn Servers (1012 on shutdown
+    instead of the hub's 1001), so this small one starts HubServers. Each worker
+    runs its own listener on the shared database. A worker that dies is not
+    restarted: the others keep serving, and its clients resume elsewhere.
+    """
+    from uvicorn._subprocess import get_subprocess
+
+    sock = config.bind_socket()
+    if on_bound is not None:
+        on_bound(int(sock.getsockname()[1]))
+    processes = [get_subprocess(config, target=HubServer(config).run, sockets=[sock]) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    while not stop.is_set() and any(p.is_alive() for p in processes):
+        stop.wait(0.5)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(30)
+    sock.close()

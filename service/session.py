@@ -203,7 +203,7 @@ class Session:
             await client.send_now(control("replayed", since=since, head=exc.head, count=count,
                                           recovered=False, reason="pruned during replay").text)
             return
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             client.request_close(1013, f"database unavailable; retry with since={client.delivered}")
             log.warning("client %s resume failed: %s", client.id, exc)
             return

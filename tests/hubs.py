@@ -103,14 +103,16 @@ class HubProcess:
         env = {**os.environ, "HUB_DATABASE_URL": self.dsn, "HUB_JWT_SECRET": SECRET, "HUB_DEV": "false",
                "HUB_AUTO_MIGRATE": "false", "HUB_HEARTBEAT_S": "0.5", "HUB_LISTENER_POLL_S": "0.5",
                "HUB_LISTENER_HEALTH_S": "1", "HUB_RECONNECT_MAX_S": "0.5", "HUB_LOG_LEVEL": "INFO", **self.env}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        # A restart appends to the same log: look for "live at" only in what this run writes.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.requested_port or 0)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent))
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
             found = re.findall(r"live at http://[\d.]+:(\d+)/", text)
             if found:
                 self.port = int(found[-1])

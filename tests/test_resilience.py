@@ -230,9 +230,9 @@ async def test_two_hub_processes_send_identical_streams_and_a_client_can_move(ds
     a = HubProcess(dsn, tmp_path / "a.log").start()
     b = HubProcess(dsn, tmp_path / "b.log").start()
     try:
-        from tests.hubs import SECRET
         from service.auth import mint
         from service.settings import load_settings
+        from tests.hubs import SECRET
 
         token = mint(load_settings(jwt_secret=SECRET), SECRET, subject="two", ttl_s=600)
         url_a, url_b = f"{a.ws}?token={token}", f"{b.ws}?token={token}"

@@ -1,0 +1,252 @@
+"""`zepix-hub doctor`: check what the hub needs, one line per check, each failure with its fix.
+
+Checks, in order: the JWT key configuration, the database connection, the
+migration revision, the capture triggers and functions, a LISTEN/NOTIFY round
+trip, and the NOTIFY queue usage. Checks that need the database are skipped
+(and count as failed) when it cannot be reached. Exit 0 when all pass, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .errors import ConfigError, HubError
+from .settings import Settings, load_settings
+
+CONNECT_TIMEOUT_S = 5.0
+NOTIFY_TIMEOUT_S = 5.0
+#: Above this the NOTIFY queue is filling up (PostgreSQL stops NOTIFY at 100 %: writers then fail).
+QUEUE_ALERT = 0.01
+TRIGGERS = {"trades_event_v1": "trades", "logs_event_v1": "logs"}
+FUNCTIONS = ("hub_append_event_v1", "hub_event_frame_v1", "hub_trades_event_v1", "hub_logs_event_v1",
+             "hub_notify_v1", "hub_notify")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    status: str  # OK, WARN (passes), FAIL, SKIP (fails: not checked)
+    detail: str
+    fix: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status in ("OK", "WARN")
+
+
+def ok(name: str, detail: str) -> Result:
+    return Result(name, "OK", detail)
+
+
+def fail(name: str, detail: str, fix: str) -> Result:
+    return Result(name, "FAIL", detail, fix)
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN without its password, for printing."""
+    return re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
+
+
+def check_key(settings: Settings) -> Result:
+    from .auth import verification_key
+
+    name = "JWT key"
+    try:
+        verification_key(settings)
+    except ConfigError as exc:
+        return fail(name, str(exc), "set the key variables named above, then run doctor again")
+    algorithm = settings.jwt_algorithms[0]
+    if settings.dev_mode:
+        source = "HUB_JWT_SECRET" if settings.jwt_secret or not settings.symmetric else \
+            f"the dev secret in {settings.data_dir}"
+        return Result(name, "WARN", f"{algorithm} key from {source}, dev mode is on",
+                      "fine on a laptop; in production set HUB_DEV=false and HUB_JWT_SECRET "
+                      "or HUB_JWT_PUBLIC_KEY")
+    source = "HUB_JWT_SECRET" if settings.symmetric else "HUB_JWT_PUBLIC_KEY"
+    return ok(name, f"{algorithm} key from {source}")
+
+
+async def connect_db(dsn: str) -> tuple[asyncpg.Connection | None, Result]:
+    from .database import connect
+
+    name = "database"
+    shown = mask_dsn(dsn)
+    try:
+        conn = await connect(dsn, role="doctor", timeout=CONNECT_TIMEOUT_S)
+    except asyncpg.InvalidCatalogNameError as exc:
+        return None, fail(name, f"{shown}: {exc}",
+                          "create the database (createdb NAME) or point HUB_DATABASE_URL at an existing one")
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        return None, fail(name, f"{shown}: {exc}",
+                          "check the user and password in HUB_DATABASE_URL (and pg_hba.conf on the server)")
+    except (TimeoutError, OSError) as exc:
+        what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        return None, fail(name, f"cannot reach {shown}: {what}",
+                          "start PostgreSQL, or fix the host and port in HUB_DATABASE_URL")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return None, fail(name, f"{shown}: {exc}", "fix HUB_DATABASE_URL or the server it points at")
+    version = await conn.fetchval("SHOW server_version")
+    return conn, ok(name, f"connected to {shown} (PostgreSQL {version})")
+
+
+async def check_migrations(conn: asyncpg.Connection) -> Result:
+    from . import migrate
+
+    name = "migrations"
+    head = migrate.head_revision()
+    current = await migrate.current_revision(conn)
+    if current is None:
+        return fail(name, "the database was never migrated", "run: zepix-hub migrate")
+    if current == head:
+        return ok(name, f"at head ({head})")
+    from alembic.script import ScriptDirectory
+
+    known = {rev.revision for rev in ScriptDirectory.from_config(migrate.alembic_config()).walk_revisions()}
+    if current not in known:
+        return fail(name, f"the database is at {current}, a revision this hub does not know (head is {head})",
+                    "upgrade zepix-hub to the version that migrated this database")
+    return fail(name, f"the database is at {current}, head is {head}", "run: zepix-hub migrate")
+
+
+async def check_triggers(conn: asyncpg.Connection) -> Result:
+    name = "triggers"
+    rows = await conn.fetch(
+        """SELECT t.tgname, c.relname, t.tgenabled::text AS tgenabled
+             FROM pg_trigger AS t
+             JOIN pg_class AS c ON c.oid = t.tgrelid
+             JOIN pg_namespace AS n ON n.oid = c.relnamespace
+            WHERE NOT t.tgisinternal AND t.tgname = ANY($1::text[])
+              AND n.nspname = ANY(current_schemas(false))""",
+        list(TRIGGERS))
+    found = {(r["tgname"], r["relname"]): r["tgenabled"] for r in rows}
+    functions = {r["proname"] for r in await conn.fetch(
+        """SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+            WHERE p.proname = ANY($1::text[]) AND n.nspname = ANY(current_schemas(false))""",
+        list(FUNCTIONS))}
+    missing = [f"{trigger} on {table}" for trigger, table in TRIGGERS.items()
+               if (trigger, table) not in found]
+    missing += [f"function {f}()" for f in FUNCTIONS if f not in functions]
+    if missing:
+        return fail(name, "missing: " + ", ".join(missing),
+                    "run: zepix-hub migrate (if it says the database is at head, the objects were dropped by "
+                    "hand: review and re-apply the SQL of `zepix-hub sql`)")
+    disabled = sorted((trigger, table) for (trigger, table), state in found.items() if state == "D")
+    if disabled:
+        return fail(name, "disabled: " + ", ".join(f"{t} on {r}" for t, r in disabled)
+                    + " (changes to those tables reach no client)",
+                    " ".join(f"ALTER TABLE {r} ENABLE TRIGGER {t};" for t, r in disabled))
+    return ok(name, f"{', '.join(TRIGGERS)} installed and enabled; {len(FUNCTIONS)} functions present")
+
+
+async def check_notify(conn: asyncpg.Connection, dsn: str) -> Result:
+    """LISTEN on a throwaway channel here, pg_notify from a second connection, wait for it."""
+    from .database import connect
+
+    name = "LISTEN/NOTIFY"
+    channel = f"zepix_doctor_{uuid.uuid4().hex[:12]}"
+    payload = uuid.uuid4().hex
+    arrived: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    def on_notify(_conn: Any, _pid: int, _channel: str, message: str) -> None:
+        if message == payload and not arrived.done():
+            arrived.set_result(time.monotonic())
+
+    await conn.add_listener(channel, on_notify)
+    try:
+        sender = await connect(dsn, role="doctor-notify", timeout=CONNECT_TIMEOUT_S)
+        try:
+            sent = time.monotonic()
+            await sender.execute("SELECT pg_notify($1, $2)", channel, payload)
+        finally:
+            await sender.close()
+        try:
+            received = await asyncio.wait_for(arrived, NOTIFY_TIMEOUT_S)
+        except TimeoutError:
+            return fail(name, f"a notification on {channel} did not arrive within {NOTIFY_TIMEOUT_S:g} s",
+                        "connect the hub straight to PostgreSQL: a pooler in transaction mode "
+                        "(PgBouncer) does not carry LISTEN/NOTIFY")
+    finally:
+        await conn.remove_listener(channel, on_notify)
+    return ok(name, f"round trip in {(received - sent) * 1000:.0f} ms")
+
+
+async def check_queue(conn: asyncpg.Connection) -> Result:
+    name = "NOTIFY queue"
+    usage = float(await conn.fetchval("SELECT pg_notification_queue_usage()"))
+    if usage > QUEUE_ALERT:
+        return fail(name, f"{usage:.1%} full; at 100 % every write to trades and logs fails",
+                    "a session LISTENs without reading (often one stuck in a long transaction): find it in "
+                    "pg_stat_activity and end it with pg_terminate_backend(pid)")
+    return ok(name, f"{usage:.2%} used")
+
+
+async def run_checks(settings: Settings, emit: Callable[[Result], None]) -> list[Result]:
+    """Run every check, emitting each result as soon as it is known."""
+    from .database import resolve_dsn
+
+    results: list[Result] = []
+
+    def record(result: Result) -> None:
+        results.append(result)
+        emit(result)
+
+    record(check_key(settings))
+    try:
+        dsn = await asyncio.to_thread(resolve_dsn, settings)
+    except HubError as exc:
+        record(fail("database", str(exc), "set HUB_DATABASE_URL to a reachable PostgreSQL"))
+        dsn = None
+    conn: asyncpg.Connection | None = None
+    if dsn is not None:
+        conn, result = await connect_db(dsn)
+        record(result)
+    checks: list[tuple[str, Callable[[asyncpg.Connection], Awaitable[Result]]]] = [
+        ("migrations", check_migrations), ("triggers", check_triggers),
+        ("LISTEN/NOTIFY", lambda c: check_notify(c, dsn or "")), ("NOTIFY queue", check_queue),
+    ]
+    try:
+        for name, check in checks:
+            if conn is None:
+                record(Result(name, "SKIP", "not checked: no database connection"))
+                continue
+            try:
+                record(await check(conn))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                record(fail(name, f"{type(exc).__name__}: {exc}", "see the error above; run doctor again"))
+    finally:
+        if conn is not None:
+            await conn.close()
+    return results
+
+
+def _print(result: Result) -> None:
+    print(f"{result.status:<4}  {result.name}: {result.detail}", flush=True)
+    if result.fix and result.status != "OK":
+        print(f"      fix: {result.fix}", flush=True)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print one line per check (and a fix for each failure); 0 if all pass, 1 otherwise."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _print(fail("configuration", str(exc), "fix the HUB_* variable named above"))
+        return 1
+    results = asyncio.run(run_checks(settings, _print))
+    failed = [r for r in results if not r.passed]
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} checks failed: " + ", ".join(r.name for r in failed),
+              file=sys.stderr)
+        return 1
+    print(f"\nall {len(results)} checks passed")
+    return 0
