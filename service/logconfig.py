@@ -43,6 +43,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        conn = getattr(record, "conn", None)
+        if conn is not None:
+            entry["conn"] = conn
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)

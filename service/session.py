@@ -121,6 +121,8 @@ class Session:
                     await self._expiry
             if self.client is not None:
                 await self.hub.manager.unregister(self.client)
+                log.info("client %s disconnected (close code %s)", self.client.id, self.client.close_code,
+                         extra={"conn": self.client.id})
 
     async def _refuse(self, code: int, reason: str, frame: str | None = None) -> bool:
         if frame is not None:
@@ -167,7 +169,7 @@ class Session:
         hub.manager.register(client)  # from here on live frames queue up; the sender runs the prelude first
         self._arm_expiry(principal)
         log.info("client %s connected sub=%s topics=%s resume=%s", client.id, principal.subject,
-                 ",".join(sorted(topics)), since is not None)
+                 ",".join(sorted(topics)), since is not None, extra={"conn": client.id})
         return True
 
     async def _prelude(self, client: Client, since: int | None) -> None:
@@ -205,7 +207,7 @@ class Session:
             return
         except (TimeoutError, OSError) as exc:
             client.request_close(1013, f"database unavailable; retry with since={client.delivered}")
-            log.warning("client %s resume failed: %s", client.id, exc)
+            log.warning("client %s resume failed: %s", client.id, exc, extra={"conn": client.id})
             return
         except Exception as exc:
             if type(exc).__module__.startswith("asyncpg"):

@@ -33,7 +33,6 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    public_url: str | None = None
 
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
