@@ -282,3 +282,21 @@ async def test_sigterm_closes_clients_1001(dsn: str, tmp_path: Path) -> None:
             await recv_json(ws)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1001
     assert await asyncio.to_thread(proc.proc.wait, 30) in (0, -15)  # type: ignore[union-attr]
+
+
+async def test_a_half_open_client_that_never_answers_pings_is_dropped(dsn: str) -> None:
+    async with running_hub(dsn, ws_ping_interval_s=0.3, ws_ping_timeout_s=0.5) as hub:
+        sock = await _handshake_then_stop_reading(hub.port, f"/ws/live?token={hub.token()}")
+        try:
+            for _ in range(100):
+                if len(hub.hub.manager) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(hub.hub.manager) == 1
+            for _ in range(100):  # ping after 0.3 s, no pong within 0.5 s: closed
+                if len(hub.hub.manager) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(hub.hub.manager) == 0
+        finally:
+            sock.close()
