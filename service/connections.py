@@ -106,8 +106,12 @@ class Client:
                 task.uncancel()
             code, reason = self.close_request or (CLOSE_TOO_SLOW, self.too_slow_reason())
             await self._do_close(code, reason)
-        except Exception as exc:  # the socket went away mid-write: the session's receive loop will notice
+        except Exception as exc:
+            # Usually the socket went away mid-write (the session's receive loop notices). Anything else
+            # must not leave a connected client without a sender: close it so it reconnects and resumes.
             log.debug("client %s sender stopped: %s", self.id, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await self._do_close(1011, f"internal error; resume with since={self.delivered}")
         finally:
             self.sending_since = None
 

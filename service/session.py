@@ -112,8 +112,10 @@ class Session:
         try:
             if await self._handshake():
                 await self._receive_loop()
-        except WebSocketDisconnect:
-            pass
+        except (WebSocketDisconnect, OSError):
+            pass  # the client went away; nothing to answer
+        except RuntimeError as exc:  # Starlette: a send or receive after the socket closed
+            log.debug("session ended: %s", exc)
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
