@@ -128,6 +128,10 @@ class Hub:
         for coro, name in self._background():
             self._spawn(coro, name)
         stack.push_async_callback(self.stop_tasks)
+        # Startup completes when the hub is ready to deliver (so /readyz is green from the first request);
+        # a database that stays away still lets it start, DEGRADED, and /readyz says why.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.listener.first_up.wait(), 10)
 
     def _background(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
         jobs: list[tuple[Coroutine[Any, Any, None], str]] = [

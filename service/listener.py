@@ -52,6 +52,7 @@ class Listener:
         self._needs_read = False
         self.last_seq = 0
         self.up = False
+        self.first_up = asyncio.Event()  # set once the first LISTEN and catch-up succeeded
         self.reconnects = 0
         self.dispatched = 0
 
@@ -104,6 +105,8 @@ class Listener:
             backoff = min(backoff * 2, self._settings.reconnect_max_s)
 
     def _set_up(self, up: bool) -> None:
+        if up:
+            self.first_up.set()
         if up != self.up:
             self.up = up
             self._on_state(up)

@@ -107,12 +107,15 @@ class Session:
         self.client: Client | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._limit = _RateLimit(hub.settings.client_rate, hub.settings.client_burst)
+        self._peer_code: int | None = None  # the client's close code, when the client closed first
 
     async def run(self) -> None:
         try:
             if await self._handshake():
                 await self._receive_loop()
-        except (WebSocketDisconnect, OSError):
+        except WebSocketDisconnect as exc:
+            self._peer_code = exc.code  # the client went away; nothing to answer
+        except OSError:
             pass  # the client went away; nothing to answer
         except RuntimeError as exc:  # Starlette: a send or receive after the socket closed
             log.debug("session ended: %s", exc)
@@ -123,6 +126,11 @@ class Session:
                     await self._expiry
             if self.client is not None:
                 await self.hub.manager.unregister(self.client)
+                # Refusals at connect are counted in _refuse; this counts every close after the welcome:
+                # the hub's own (1001, 1008, 1009, 1013, 4001 on expiry, 4008), else the client's.
+                code = self.client.close_code if self.client.close_code is not None else self._peer_code
+                if code is not None:
+                    self.hub.metrics.closed(code)
                 log.info("client %s disconnected (close code %s)", self.client.id, self.client.close_code,
                          extra={"conn": self.client.id})
 
@@ -237,6 +245,7 @@ class Session:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
+                self._peer_code = int(message.get("code", 1005))
                 return
             if not self._limit.allow():
                 client.request_close(CLOSE_POLICY, "rate limit exceeded")

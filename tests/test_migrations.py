@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from service import migrate
 from tests.pg import PgServer
@@ -70,3 +71,23 @@ def test_offline_sql_prints_the_whole_migration() -> None:
         assert needle in sql
     # Colons survive (casts and PL/pgSQL assignments are not bind parameters).
     assert "'{}'::jsonb" in sql and "v_seq := nextval" in sql
+
+
+async def test_a_role_without_grants_cannot_forge_events(db: asyncpg.Connection) -> None:
+    role = f"nobody_{abs(hash(db)) % 10**8}"
+    await db.execute(f"CREATE ROLE {role}")
+    try:
+        await db.execute(f"GRANT INSERT, SELECT ON trades TO {role}")
+        await db.execute(f"SET ROLE {role}")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await db.execute("SELECT hub_append_event_v1('notification', 'NOTIFY', NULL, NULL, '{}')")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await db.execute("SELECT hub_notify_v1('critical', 'forged')")
+        # The triggers still append for a writer that may touch trades.
+        await db.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('X', 'BUY', 1)")
+        await db.execute("RESET ROLE")
+        assert await db.fetchval("SELECT count(*) FROM events") == 1
+    finally:
+        await db.execute("RESET ROLE")
+        await db.execute(f"DROP OWNED BY {role}")
+        await db.execute(f"DROP ROLE {role}")
