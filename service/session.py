@@ -167,24 +167,26 @@ class Session:
         client = Client(
             settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope),
             topics=topics, subject=principal.subject, delivered=head,
-            prelude=lambda c: self._prelude(c, since),
         )
         welcome = control(
             "welcome", session=client.id, sub=principal.subject, topics=sorted(topics), head=head,
             oldest=hub.oldest_hint, heartbeat_s=settings.heartbeat_s, resume=since is not None,
             expires_at=int(principal.expires_at), server=f"zepix-hub/{__version__}",
         )
-        await ws.send_text(welcome.text)
+        client.prelude = lambda c: self._prelude(c, since, welcome.text)
         self.client = client
-        hub.manager.register(client)  # from here on live frames queue up; the sender runs the prelude first
+        # No await between reading head and registering: an event dispatched meanwhile would reach nobody.
+        # From here on live frames queue up; the sender task writes the welcome (and replay) first.
+        hub.manager.register(client)
         self._arm_expiry(principal)
         log.info("client %s connected sub=%s topics=%s resume=%s", client.id, principal.subject,
                  ",".join(sorted(topics)), since is not None, extra={"conn": client.id})
         return True
 
-    async def _prelude(self, client: Client, since: int | None) -> None:
-        """Runs in the sender task before live frames: latest sys_status, then the resume replay."""
+    async def _prelude(self, client: Client, since: int | None, welcome: str) -> None:
+        """Runs in the sender task before live frames: welcome, latest sys_status, then the resume replay."""
         hub = self.hub
+        await client.send_now(welcome)
         latest = hub.heartbeat.latest
         if latest is not None and SYS_STATUS in client.topics:
             await client.send_now(latest.text)

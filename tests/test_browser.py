@@ -188,6 +188,14 @@ async def test_trade_lifecycle_updates_rows_in_place(browser: Browser, hub: Runn
     await caught_up(dash, db)
     assert await page.evaluate("window.zepix.openTradeIds()") == []
     assert await page.locator("#trades-empty").is_visible()
+
+    # the hub drops the page as too slow (4008): it reconnects and resumes from its last seq
+    await hub.hub.manager.close_all(4008, "too slow; resume with since=0")
+    missed = await db.fetchval("INSERT INTO trades (symbol, side, quantity) VALUES ('ADAUSDT', 'BUY', 5) RETURNING id")
+    await page.wait_for_selector(f'#trades-body tr[data-trade-id="{missed}"]', timeout=HANG_MS)
+    await dash.wait_js("window.zepix.state.connection.resumes >= 1")
+    assert (await dash.state())["connection"]["lastCloseCode"] == 4008
+    assert await page.evaluate("window.zepix.lastSeq") == await db_head(db)
     assert dash.errors() == []
 
 
@@ -249,20 +257,20 @@ async def test_log_stream_filters_pauses_and_stays_bounded(browser: Browser, hub
 
 async def test_expired_token_stops_reconnecting_until_a_new_one_is_pasted(
         browser: Browser, hub: RunningHub, db: asyncpg.Connection) -> None:
-    dash = await open_dashboard(browser, hub.http, hub.token(ttl=2))
+    dash = await open_dashboard(browser, hub.http, hub.token(ttl=3))
     page = dash.page
     await page.wait_for_selector('#conn[data-status="unauthorized"]', timeout=HANG_MS)
     state = await dash.state()
     assert state["connection"]["lastCloseCode"] == 4001
     assert await page.locator("#banner").is_visible()
     sockets = len(dash.ws_urls)
-    await asyncio.sleep(1.5)  # longer than the first backoff step: a reconnect would have happened by now
+    await asyncio.sleep(1.0)  # twice the longest first backoff step: a reconnect would have happened by now
     assert len(dash.ws_urls) == sockets
     assert len(hub.hub.manager) == 0
 
     await page.locator("#token-input").fill(hub.token(ttl=600))
     await page.locator("#token-input").press("Enter")
-    await page.wait_for_selector('#conn:is([data-status="live"], [data-status="resumed"])', timeout=HANG_MS)
+    await page.wait_for_selector('#conn[data-status="live"]', timeout=HANG_MS)
     tid = await db.fetchval("INSERT INTO trades (symbol, side, quantity) VALUES ('SOLUSDT', 'SELL', 3) RETURNING id")
     await page.wait_for_selector(f'#trades-body tr[data-trade-id="{tid}"]', timeout=HANG_MS)
     assert await page.locator("#banner").is_hidden()
@@ -345,15 +353,12 @@ async def test_page_converges_after_hub_sigkill_and_restart(browser: Browser, ds
         # outage 1: a short gap, replayed on resume
         await asyncio.to_thread(proc.kill)
         await dash.page.wait_for_selector('#conn[data-status="reconnecting"]', timeout=HANG_MS)
-        await asyncio.sleep(0.5)
-        await _restart(proc)
+        await _restart(proc)  # the writer keeps committing while the hub is down and starting up
         assert proc.port == port
         await dash.wait_js("window.zepix.state.connection.resumes >= 1")
 
         # outage 2: the restarted hub refuses any replay (HUB_RESUME_CAP=0), so the page must reload its state
-        await asyncio.sleep(0.5)
         await asyncio.to_thread(proc.kill)
-        await asyncio.sleep(0.5)
         proc.env["HUB_RESUME_CAP"] = "0"
         await _restart(proc)
         await dash.wait_js("window.zepix.state.connection.reloads >= 1")
@@ -373,6 +378,14 @@ async def test_page_converges_after_hub_sigkill_and_restart(browser: Browser, ds
         assert await dash.page.evaluate("window.zepix.lastSeq") == head == await db_head(db)
         state = await dash.state()
         assert state["connection"]["resumes"] >= 1 and state["connection"]["reloads"] >= 1
+
+        # a graceful stop says 1001 (going away): the page keeps trying to resume
+        # (uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is -15, not 0)
+        assert await asyncio.to_thread(proc.terminate) in (0, -15)
+        await dash.page.wait_for_selector('#conn[data-status="reconnecting"]', timeout=HANG_MS)
+        # the last code is 1001 unless a retry against the stopped hub already failed (1006) since
+        codes = (await dash.state())["connection"]["closeCodes"]
+        assert 1001 in codes and set(codes[codes.index(1001):]) <= {1001, 1006}, codes
         assert dash.errors(allow_network=True) == []
     finally:
         stop.set()
@@ -418,8 +431,10 @@ async def test_dashboard_screenshot(browser: Browser, hub: RunningHub, db: async
                      "'order rejected for BNBUSDT: insufficient margin', 'broker')")
     await db.execute("SELECT hub_notify('success', 'Daily target reached', 'Realized PnL is above the daily goal')")
     await caught_up(dash, db)
-    await dash.wait_js("window.zepix.state.samples >= 6")  # a few heartbeats for the sparklines
-    await page.wait_for_timeout(1600)  # let the row and cell animations finish before the picture
+    await dash.wait_js("window.zepix.state.samples >= 5")  # a few heartbeats for the sparklines
+    # let the one-shot animations (row slide-in, cell flash) finish before the picture
+    await dash.wait_js("document.getAnimations().every((a) => !(a instanceof CSSAnimation)"
+                       " || a.effect.getTiming().iterations === Infinity)")
     desktop = ARTIFACTS / "dashboard.png"
     await page.screenshot(path=str(desktop), full_page=True)
     assert desktop.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

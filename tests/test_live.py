@@ -258,3 +258,22 @@ async def test_graceful_shutdown_closes_clients_with_1001(dsn: str) -> None:
             code, reason = await _close_code(ws)
             assert code == 1001 and "resume" in reason
             await ws.close()
+
+
+async def test_a_fresh_client_gets_every_event_after_its_welcome_head(hub: RunningHub, dsn: str) -> None:
+    """Connecting while events stream: nothing between the welcome's head and the first live frame is lost."""
+    stop = asyncio.Event()
+    writing = asyncio.create_task(_writer(dsn, stop, pace=0.001))
+    try:
+        async def one() -> None:
+            async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream,trade_update") as ws:
+                head = (await recv_json(ws))["head"]
+                seqs = await _collect_events(ws, head + 15)
+                assert seqs == list(range(head + 1, head + 16))
+
+        await asyncio.sleep(0.2)
+        for _ in range(3):
+            await asyncio.gather(*(one() for _ in range(15)))
+    finally:
+        stop.set()
+        await asyncio.gather(writing, return_exceptions=True)
