@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import migrate
@@ -205,9 +206,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "WebSocket protocol: docs/protocol.md and /asyncapi.json.")
     app.state.settings = settings
     app.include_router(router)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.add_middleware(TransportAbort)
     return app
+
+
+# What a request meets while PostgreSQL restarts or is away: the client should retry, not see a 500.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, asyncpg.InterfaceError,
+    OSError, TimeoutError,
+)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: database unavailable: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return JSONResponse({"detail": "database unavailable; retry shortly"}, status_code=503,
+                        headers={"Retry-After": "1"})
 
 
 def hub_of(app: Any) -> Hub | None:

