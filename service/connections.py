@@ -146,8 +146,10 @@ class Client:
 
     async def _do_close(self, code: int, reason: str) -> None:
         self.close_code = code
+        # A socket the watchdog found stalled will not take a close frame either: do not wait long for it.
+        wait = 0.2 if self.interrupted else self._settings.send_timeout_s
         try:
-            async with asyncio.timeout(self._settings.send_timeout_s):
+            async with asyncio.timeout(wait):
                 await self._close(code, reason)
         except Exception:
             # The peer does not read: its buffers are full and no close frame can reach it.
@@ -249,14 +251,14 @@ class ConnectionManager:
             await self.unregister(client)
 
     async def _watch_stalls(self) -> None:
-        """Once a second: close (4008) every client whose current socket write has stalled too long.
+        """Twice a second: close (4008) every client whose current socket write has stalled too long.
 
         A timer per write would cost a handle per frame on the hot path; a sweep costs O(clients)/s.
         """
         loop = asyncio.get_running_loop()
         limit = self._settings.send_timeout_s
         while True:
-            await asyncio.sleep(min(1.0, limit / 2))
+            await asyncio.sleep(min(0.5, limit / 4))
             now = loop.time()
             for client in list(self._clients.values()):
                 if client.stalled_for(now) > limit:

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     replay_page: int = Field(default=1000, ge=1, le=10_000)
     queue_max_frames: int = Field(default=2000, ge=1)
     queue_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    send_timeout_s: float = Field(default=3.0, gt=0)
+    send_timeout_s: float = Field(default=2.0, gt=0)
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
     client_rate: float = Field(default=20.0, gt=0)
     client_burst: int = Field(default=60, ge=1)
