@@ -175,3 +175,18 @@ async def test_snapshot_under_concurrent_writes_matches_replay(hub: RunningHub, 
     finally:
         stop.set()
         await writer.close()
+
+
+async def test_hub_retention_setting_prunes_in_the_background(dsn: str, db: asyncpg.Connection) -> None:
+    from tests.hubs import running_hub
+
+    await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'old' FROM generate_series(1, 3)")
+    await asyncio.sleep(1.2)
+    await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'new')")
+    async with running_hub(dsn, retention="1s"):
+        for _ in range(100):
+            if await db.fetchval("SELECT pruned_through FROM event_retention") == 3:
+                break
+            await asyncio.sleep(0.05)
+    assert [r[0] for r in await db.fetch("SELECT seq FROM events ORDER BY seq")] == [4]
+    assert await db.fetchval("SELECT pruned_through FROM event_retention") == 3
