@@ -70,6 +70,15 @@ def _dsn(settings: Settings) -> str:
 
 # -- commands -------------------------------------------------------------------------------------------
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (what `uvicorn.run` picks with loop="auto"), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .auth import mint, signing_key, verification_key
@@ -131,7 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     await demo
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(main())
     except SystemExit as exc:  # uvicorn exits the process when it cannot bind
         if exc.code not in (0, None):
             raise HubError(f"the hub could not start on {settings.host}:{settings.port} (port in use?)") from None
@@ -262,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", _lazy("service.bench.run", "cmd_bench"), "Run the fan-out and write-path benchmarks.")
     p.add_argument("--quick", action="store_true", help="shorter scenarios (smoke test)")
     p.add_argument("--scenarios", default=None, help="comma-separated subset, e.g. S1,S3")
+    p.add_argument("--embedded", action="store_true", help="use a private embedded PostgreSQL")
     return parser
 
 

@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .frames import CLOSE_TOO_SLOW, Frame
+from .asgi import DirectSocket
+from .frames import CLOSE_TOO_SLOW, Frame, ws_text_frame
 from .settings import Settings
 from .topics import ALL_TOPICS
 
@@ -42,14 +43,14 @@ class Client:
     """
 
     __slots__ = (
-        "_abort", "_close", "_send", "_sender", "_settings", "close_code", "close_request", "delivered",
-        "id", "interrupted", "peak_depth", "prelude", "queue", "queued_bytes", "sending_since", "subject",
+        "_abort", "_close", "_send", "_sender", "_settings", "close_code", "close_request", "delivered", "direct",
+        "id", "idle", "interrupted", "peak_depth", "prelude", "queue", "queued_bytes", "sending_since", "subject",
         "topics", "wake",
     )
 
     def __init__(self, settings: Settings, *, send: SendText, close: CloseSocket,
                  abort: Callable[[], None], topics: frozenset[str], subject: str,
-                 delivered: int, prelude: Prelude | None = None) -> None:
+                 delivered: int, prelude: Prelude | None = None, direct: DirectSocket | None = None) -> None:
         self.id = f"c{next(_ids)}"
         self.subject = subject
         self.topics: frozenset[str] = topics
@@ -68,11 +69,25 @@ class Client:
         self._close = close
         self._abort = abort
         self._sender: asyncio.Task[None] | None = None
+        self.direct = direct
+        self.idle = False  # the sender is parked with an empty queue: broadcast may write for it
 
     # -- called from the broadcast path: must never await ------------------------------------------
     def offer(self, frame: Frame) -> None:
         if self.close_request is not None:
             return
+        direct = self.direct
+        if self.idle and direct is not None and direct.ready():
+            # Nothing queued ahead and the socket takes data: write the shared frame bytes now, no task
+            # switch, no ASGI layers (a transport write never blocks; backpressure shows as not ready()).
+            seq = frame.seq
+            if seq is not None:
+                if seq <= self.delivered:
+                    return
+                self.delivered = seq
+            direct.write(frame.wire)
+            return
+        self.idle = False  # until the sender has drained the queue, later frames queue up behind this one
         self.queue.append(frame)
         self.queued_bytes += len(frame.text)
         depth = len(self.queue)
@@ -86,6 +101,7 @@ class Client:
         """Ask the sender task to close the socket after what it is writing now; idempotent."""
         if self.close_request is None:
             self.close_request = (code, reason[:120])  # a close reason must fit in 123 bytes
+        self.idle = False
         self.wake.set()
 
     def too_slow_reason(self) -> str:
@@ -104,8 +120,10 @@ class Client:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            code, reason = self.close_request or (CLOSE_TOO_SLOW, self.too_slow_reason())
-            await self._do_close(code, reason)
+            # The peer stopped reading: no close frame can get through its full buffers, so waiting
+            # send_timeout_s more for one only delays the inevitable. Drop the connection now.
+            self.close_code = self.close_request[0] if self.close_request else CLOSE_TOO_SLOW
+            self._abort()
         except Exception as exc:
             # Usually the socket went away mid-write (the session's receive loop notices). Anything else
             # must not leave a connected client without a sender: close it so it reconnects and resumes.
@@ -121,10 +139,35 @@ class Client:
         while True:
             if not queue and self.close_request is None:
                 self.wake.clear()
+                self.idle = True
                 await self.wake.wait()
+                self.idle = False
             if self.close_request is not None:
                 await self._do_close(*self.close_request)
                 return
+            direct = self.direct
+            if direct is not None and direct.usable():
+                if not direct.ready():  # the peer is behind: wait (the watchdog sees the stall)
+                    self.sending_since = loop.time()
+                    await direct.drained()
+                    self.sending_since = None
+                    continue
+                # Everything queued in one write: one syscall, not a round trip through the loop per frame.
+                parts: list[bytes] = []
+                last = self.delivered
+                while queue:
+                    frame = queue.popleft()
+                    self.queued_bytes -= len(frame.text)
+                    seq = frame.seq
+                    if seq is not None:
+                        if seq <= last:
+                            continue  # already sent by the resume replay
+                        last = seq
+                    parts.append(frame.wire)
+                if parts:
+                    direct.write(b"".join(parts))
+                self.delivered = last
+                continue
             while queue and self.close_request is None:
                 frame = queue.popleft()
                 self.queued_bytes -= len(frame.text)
@@ -137,6 +180,18 @@ class Client:
                 self.sending_since = None
                 if seq is not None:
                     self.delivered = seq
+
+    async def send_many(self, texts: list[str]) -> None:
+        """Write several frames at once (a page of the resume replay), waiting first if the peer is behind."""
+        direct = self.direct
+        if direct is None or not direct.usable():
+            for text in texts:
+                await self.send_now(text)
+            return
+        self.sending_since = asyncio.get_running_loop().time()
+        await direct.drained()
+        self.sending_since = None
+        direct.write(b"".join(ws_text_frame(t.encode()) for t in texts))
 
     async def send_now(self, text: str) -> None:
         """Write directly (used by the resume prelude, which runs inside the sender task)."""

@@ -8,7 +8,8 @@ control frames and the live-only sys_status and connection notifications.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,20 @@ class Frame:
     topic: str | None  # None for control frames (welcome, pong, error, replayed)
     seq: int | None  # None for live-only frames
     text: str
+    wire: bytes = field(init=False, repr=False, compare=False)  # the whole WebSocket frame, header included
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", ws_text_frame(self.text.encode()))
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented text frame (RFC 6455 5.2): what a server sends, the same for every client."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 def utc_now_iso() -> str:

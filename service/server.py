@@ -32,6 +32,9 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
         ws_max_size=settings.max_frame_bytes,  # bigger client frames: close 1009, enforced by the protocol layer
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
+        # Browsers offer permessage-deflate; accepting it means compressing every frame once per client
+        # (zepix-hub bench S2D), and such clients cannot share the pre-built frame bytes.
+        ws_per_message_deflate=False,
         log_config=logging_config(settings.log_level, settings.log_format),
         lifespan="on",
         timeout_graceful_shutdown=10,

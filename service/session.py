@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import __version__
-from .asgi import abort_of
+from .asgi import abort_of, direct_of
 from .auth import Principal
 from .connections import Client
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
@@ -165,7 +165,7 @@ class Session:
 
         head = hub.listener.last_seq
         client = Client(
-            settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope),
+            settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope), direct=direct_of(ws.scope),
             topics=topics, subject=principal.subject, delivered=head,
         )
         welcome = control(
@@ -214,10 +214,19 @@ class Session:
                                               ).text)
                 return
             if persisted:
-                async for ev in hub.store.iter_after(since, persisted, hub.settings.replay_page):
-                    await client.send_now(ev.frame)
-                    client.delivered = ev.seq
+                page = hub.settings.replay_page
+                batch: list[str] = []
+                last = client.delivered
+                async for ev in hub.store.iter_after(since, persisted, page):
+                    batch.append(ev.frame)
+                    last = ev.seq
                     count += 1
+                    if len(batch) >= page:  # a page per write, not an await per event
+                        await client.send_many(batch)
+                        client.delivered, batch = last, []
+                if batch:
+                    await client.send_many(batch)
+                    client.delivered = last
             if count == 0:
                 client.delivered = max(live_from, since)
         except ResumeGone as exc:  # pruned while we read
