@@ -10,14 +10,13 @@ Run as `python -m service.bench.ceiling --dsn DSN --port 0`; prints `READY <port
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import asyncpg
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from .common import CHANNEL, raise_nofile, run_async
+from .common import CHANNEL, server_main
 
 
 async def run(dsn: str, port: int) -> None:
@@ -39,12 +38,7 @@ async def run(dsn: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dsn", required=True)
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    raise_nofile()
-    run_async(run(args.dsn, args.port))
+    server_main(run)
 
 
 if __name__ == "__main__":

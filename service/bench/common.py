@@ -72,3 +72,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[rank]
+
+
+def server_main(serve: Callable[[str, int], Coroutine[Any, Any, Any]]) -> None:
+    """The command line both reference servers share: --dsn, --port, a high fd limit, then serve."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    raise_nofile()
+    run_async(serve(args.dsn, args.port))

@@ -11,7 +11,6 @@ Run as `python -m service.bench.naive --dsn DSN --port 0`; prints `READY <port>`
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -21,7 +20,7 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from .common import CHANNEL, raise_nofile, run_async
+from .common import CHANNEL, server_main
 
 
 class ConnectionManager:
@@ -97,12 +96,7 @@ async def serve(dsn: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dsn", required=True)
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    raise_nofile()
-    run_async(serve(args.dsn, args.port))
+    server_main(serve)
 
 
 if __name__ == "__main__":
