@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -238,5 +238,3 @@ def hub_of(app: Any) -> Hub | None:
         seen += 1
     return None
 
-
-ShutdownHook = Callable[[], Awaitable[None]]

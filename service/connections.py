@@ -26,7 +26,6 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from .asgi import DirectSocket
 from .frames import CLOSE_TOO_SLOW, Frame, ws_text_frame
@@ -240,7 +239,6 @@ class ConnectionManager:
         self._clients: dict[str, Client] = {}
         self._by_topic: dict[str, set[Client]] = {t: set() for t in ALL_TOPICS}
         self._watchdog: asyncio.Task[None] | None = None
-        self.frames_sent = 0
         self.closed_by_code: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -289,7 +287,6 @@ class ConnectionManager:
         targets = self._by_topic[frame.topic]
         for client in targets:
             client.offer(frame)
-        self.frames_sent += len(targets)
         return len(targets)
 
     async def close_all(self, code: int, reason: str, timeout: float = 5.0) -> None:
@@ -326,10 +323,3 @@ class ConnectionManager:
                     log.info("client %s: socket write stalled %.1fs; closing 4008", client.id,
                              client.stalled_for(now))
                     client.interrupt_stalled_write()
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "connections": len(self._clients),
-            "queued_frames": sum(len(c.queue) for c in self._clients.values()),
-            "frames_sent": self.frames_sent,
-        }

@@ -6,7 +6,6 @@ can construct several hubs with different settings in one process.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -123,6 +122,3 @@ def load_settings(**overrides: object) -> Settings:
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}
