@@ -50,6 +50,7 @@ class Listener:
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._needs_read = False
+        self._heard = False  # a notification arrived since the last safety-net tick
         self.last_seq = 0
         self.up = False
         self.first_up = asyncio.Event()  # set once the first LISTEN and catch-up succeeded
@@ -69,6 +70,7 @@ class Listener:
                 raise ValueError
             text = payload if head.get("type") == "event" else None
             self._pending.append((seq, topic, text))
+            self._heard = True
         except Exception:
             self._needs_read = True  # not ours or not understood: the table knows
         self._wake.set()
@@ -127,8 +129,13 @@ class Listener:
                 raise ConnectionError("listener connection terminated")
             self._drain_pending()
             now = loop.time()
-            if self._needs_read or now >= next_poll:
+            # The safety net only matters when notifications stopped: one that went missing while others
+            # keep coming shows up as a gap, which sets _needs_read. Skipping the read otherwise keeps a
+            # slow database off the live path.
+            if self._needs_read or (now >= next_poll and not self._heard):
                 await self._catch_up()
+            if now >= next_poll:
+                self._heard = False
                 next_poll = loop.time() + poll
             if now >= next_health:
                 # A silently dead TCP connection delivers nothing and raises nothing; ask it.

@@ -256,3 +256,18 @@ async def test_a_half_open_client_that_never_answers_pings_is_dropped(dsn: str) 
             assert len(hub.hub.manager) == 0
         finally:
             sock.close()
+
+
+async def test_an_event_whose_notification_never_came_is_read_by_the_safety_net(hub: RunningHub,
+                                                                                 db: asyncpg.Connection) -> None:
+    async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream") as ws:
+        await recv_json(ws)
+        # Appended by hand, without NOTIFY: what a lost notification looks like to the listener.
+        await db.execute("INSERT INTO events (seq, topic, op, payload) "
+                         "VALUES (nextval('events_seq'), 'log_stream', 'INSERT', '{\"msg\": \"quiet\"}')")
+        frame = await recv_until(ws, lambda f: f.get("type") == "event", timeout=10)
+        assert (frame["seq"], frame["data"]) == (1, {"msg": "quiet"})
+        # And the next notified event follows in order.
+        await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'loud')")
+        frame = await recv_until(ws, lambda f: f.get("type") == "event", timeout=10)
+        assert frame["seq"] == 2
