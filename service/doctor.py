@@ -27,9 +27,11 @@ CONNECT_TIMEOUT_S = 5.0
 NOTIFY_TIMEOUT_S = 5.0
 #: Above this the NOTIFY queue is filling up (PostgreSQL stops NOTIFY at 100 %: writers then fail).
 QUEUE_ALERT = 0.01
-TRIGGERS = {"trades_event_v1": "trades", "logs_event_v1": "logs"}
-FUNCTIONS = ("hub_append_event_v1", "hub_event_frame_v1", "hub_trades_event_v1", "hub_logs_event_v1",
-             "hub_notify_v1", "hub_notify")
+#: The capture path of the newest migration (sql/v4); doctor checks what it needs.
+TRIGGERS = {"trades_event_v2": "trades", "logs_event_v2": "logs"}
+APPEND_FUNCTION = "hub_append_event_v2"
+FUNCTIONS = (APPEND_FUNCTION, "hub_event_frame_v1", "hub_trades_event_v2", "hub_logs_event_v2",
+             "hub_notify_v2", "hub_notify")
 
 
 @dataclass(frozen=True, slots=True)

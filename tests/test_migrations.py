@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 import pytest
@@ -33,7 +34,8 @@ async def test_upgrade_downgrade_upgrade_on_an_empty_database(pg: PgServer) -> N
         assert await _objects(dsn) == {"tables": 0, "functions": 0, "triggers": 0, "views": 0}
         await asyncio.to_thread(migrate.upgrade, dsn)
         migrated = await _objects(dsn)
-        assert migrated == {"tables": 4, "functions": 6, "triggers": 2, "views": 2}
+        # v1's six functions stay beside v4's five (old code may still name them).
+        assert migrated == {"tables": 4, "functions": 11, "triggers": 2, "views": 2}
         await asyncio.to_thread(migrate.downgrade, dsn, "base")
         assert await _objects(dsn) == {"tables": 0, "functions": 0, "triggers": 0, "views": 0}
         await asyncio.to_thread(migrate.upgrade, dsn)
@@ -83,6 +85,10 @@ async def test_a_role_without_grants_cannot_forge_events(db: asyncpg.Connection)
             await db.execute("SELECT hub_append_event_v1('notification', 'NOTIFY', NULL, NULL, '{}')")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await db.execute("SELECT hub_notify_v1('critical', 'forged')")
+        for forge in ("SELECT hub_append_event_v2('notification', 'NOTIFY', NULL, NULL, '{}')",
+                      "SELECT hub_notify_v2('critical', 'forged')"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await db.execute(forge)
         # The triggers still append for a writer that may touch trades.
         await db.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('X', 'BUY', 1)")
         await db.execute("RESET ROLE")
@@ -91,3 +97,60 @@ async def test_a_role_without_grants_cannot_forge_events(db: asyncpg.Connection)
         await db.execute("RESET ROLE")
         await db.execute(f"DROP OWNED BY {role}")
         await db.execute(f"DROP ROLE {role}")
+
+
+FRAMES = "SELECT hub_event_frame_v1(seq, topic, created_at, payload) AS frame FROM events ORDER BY seq"
+
+
+async def test_capture_v2_upgrade_keeps_the_log_and_its_frames(pg: PgServer) -> None:
+    """0003 -> 0004 -> 0003 on a log with events: every frame a client was sent stays byte-for-byte the same,
+    the live frame of a v2 event equals its replayed frame, and both capture paths work on their side."""
+    name = await pg.create_database()
+    dsn = pg.dsn(name)
+    conn: asyncpg.Connection | None = None
+    try:
+        await asyncio.to_thread(migrate.upgrade, dsn, "0003")
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("INSERT INTO trades (symbol, side, quantity, extra) VALUES ('BTCUSDT', 'BUY', 1.50, "
+                           "'{\"note\": \"caf\\u00e9 \\\"quoted\\\"\"}')")
+        await conn.execute("INSERT INTO logs (level, msg, source) VALUES ('ERROR', 'broker down', 'broker')")
+        before = [r["frame"] for r in await conn.fetch(FRAMES)]
+        assert len(before) == 3
+        await conn.close()
+
+        await asyncio.to_thread(migrate.upgrade, dsn)
+        conn = await asyncpg.connect(dsn)
+        assert await conn.fetchval("SELECT format_type(atttypid, NULL) FROM pg_attribute "
+                                   "WHERE attrelid = 'events'::regclass AND attname = 'payload'") == "json"
+        assert [r["frame"] for r in await conn.fetch(FRAMES)] == before
+        live: list[str] = []
+        await conn.add_listener("zepix_hub_events", lambda *args: live.append(args[3]))
+        await conn.execute("UPDATE trades SET status = 'OPEN'")
+        await conn.execute("SELECT hub_notify('info', 'after the upgrade')")
+        for _ in range(100):
+            if len(live) == 2:
+                break
+            await asyncio.sleep(0.05)
+        after = [r["frame"] for r in await conn.fetch(FRAMES)]
+        assert after[:3] == before and after[3:] == live
+        update, note = (json.loads(f) for f in live)
+        assert update["seq"] == 4 and update["data"]["changed"] == ["status"]
+        assert update["data"]["trade"]["extra"] == {"note": 'café "quoted"'}
+        assert note["seq"] == 5 and note["data"] == {"type": "info", "title": "after the upgrade", "body": None}
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO events (seq, topic, op, payload) VALUES (99, 'trades', 'INSERT', '{}')")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO events (seq, topic, op, payload) VALUES (99, 'log_stream', 'X', '{}')")
+        await conn.close()
+
+        await asyncio.to_thread(migrate.downgrade, dsn, "0003")
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("DELETE FROM trades")
+        frames = [json.loads(r["frame"]) for r in await conn.fetch(FRAMES)]
+        assert [f["seq"] for f in frames] == [1, 2, 3, 4, 5, 6]
+        assert [json.loads(f) for f in after] == frames[:5]
+        assert frames[5]["data"]["op"] == "DELETE"
+    finally:
+        if conn is not None:
+            await conn.close()
+        await pg.drop_database(name)

@@ -126,7 +126,8 @@ async def test_hub_runs_as_a_reader_only_login(db: asyncpg.Connection, logins: L
         for sql in ("INSERT INTO logs (level, msg) VALUES ('INFO', 'x')", "UPDATE trades SET status = 'OPEN'",
                     "DELETE FROM events", "UPDATE event_retention SET pruned_through = 0",
                     "SELECT nextval('events_seq')", "SELECT hub_notify('info', 'forged')",
-                    "SELECT hub_append_event_v1('log_stream', 'INSERT', NULL, NULL, '{}')"):
+                    "SELECT hub_append_event_v1('log_stream', 'INSERT', NULL, NULL, '{}')",
+                    "SELECT hub_append_event_v2('log_stream', 'INSERT', NULL, NULL, '{}')"):
             await _denied(conn, sql)
     finally:
         await conn.close()
@@ -186,7 +187,9 @@ async def test_bot_writer_writes_trades_and_logs_but_not_events(db: asyncpg.Conn
                     "DELETE FROM events", "UPDATE event_retention SET pruned_through = 99",
                     "SELECT nextval('events_seq')", "SELECT hub_notify_v1('info', 'around the stable name')",
                     "SELECT hub_append_event_v1('trade_update', 'INSERT', 'trades', '1', '{}')",
-                    "TRUNCATE trades", "ALTER TABLE trades DISABLE TRIGGER trades_event_v1"):
+                    "SELECT hub_notify_v2('info', 'around the stable name')",
+                    "SELECT hub_append_event_v2('trade_update', 'INSERT', 'trades', '1', '{}')",
+                    "TRUNCATE trades", "ALTER TABLE trades DISABLE TRIGGER trades_event_v2"):
             await _denied(bot, sql)
     finally:
         await bot.close()

@@ -224,15 +224,19 @@ def _s(v: float | None) -> str:
 def write_table(res: dict[str, Any]) -> list[str]:
     rates = res["rates"]
     out = [f"  {'writers':<8}{'hub triggers':>16}{'no triggers':>16}{'bare NOTIFY':>16}"
-           f"{'hub/bare':>10}{'hub/none':>10}{'bare/none':>11}{'hub w/o lock*':>15}   (inserts/s, median of rounds)"]
+           f"{'hub/bare':>10}{'hub/none':>10}{'bare/none':>11}{'hub w/o lock*':>15}{'previous hub':>14}"
+           f"{'prev/bare':>11}   (inserts/s, median of rounds)"]
     for w in (1, 16):
         h, n, b = rates[f"hub/{w}"], rates[f"none/{w}"], rates[f"bare/{w}"]
-        nolock = rates.get(f"nolock/{w}")
+        nolock, prev = rates.get(f"nolock/{w}"), rates.get(f"previous/{w}")
         extra = f"{nolock:>15,.0f}" if nolock else f"{'-':>15}"
+        extra += f"{prev:>14,.0f}{prev / b:>11.2f}" if prev else f"{'-':>14}{'-':>11}"
         out.append(f"  {w:<8}{h:>16,.0f}{n:>16,.0f}{b:>16,.0f}{h / b:>10.2f}{h / n:>10.2f}{b / n:>11.2f}{extra}")
     if any(k.startswith("nolock/") for k in rates):
         out.append("  * diagnostic only: the hub's triggers minus the commit-order advisory lock (not a correct "
                    "configuration); the gap to 'hub triggers' is the cost of serialising the commits")
+    if any(k.startswith("previous/") for k in rates):
+        out.append("  previous hub: the capture path before migration 0004 (v1 functions, jsonb payloads)")
     return out
 
 
@@ -404,14 +408,16 @@ def markdown(results: dict[str, Any], repeat: int, quick: bool) -> str:
     s6: dict[str, Any] | None = results.get("S6")
     if s6 is not None:
         out += ["**S6** (inserts/s, median of rounds)", "",
-                "| writers | hub triggers | no triggers | bare NOTIFY | hub/bare | hub/none | hub without its lock* |",
-                "|---|---|---|---|---|---|---|"]
+                "| writers | hub triggers | no triggers | bare NOTIFY | hub/bare | hub/none | hub without its lock* "
+                "| previous hub (0003) | previous/bare |",
+                "|---|---|---|---|---|---|---|---|---|"]
         rates = s6["rates"]
         for w in (1, 16):
             h, n, b = rates[f"hub/{w}"], rates[f"none/{w}"], rates[f"bare/{w}"]
-            nl = rates.get(f"nolock/{w}")
+            nl, pv = rates.get(f"nolock/{w}"), rates.get(f"previous/{w}")
             out.append(f"| {w} | {h:,.0f} | {n:,.0f} | {b:,.0f} | {h / b:.2f} | {h / n:.2f} | "
-                       f"{f'{nl:,.0f}' if nl else '-'} |")
+                       f"{f'{nl:,.0f}' if nl else '-'} | {f'{pv:,.0f}' if pv else '-'} | "
+                       f"{f'{pv / b:.2f}' if pv else '-'} |")
         out += ["", "\\* diagnostic only, not a correct configuration.", ""]
     found = verdicts(results)
     if found:

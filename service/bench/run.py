@@ -48,6 +48,7 @@ import asyncpg
 import psutil
 
 from .. import migrate
+from ..doctor import APPEND_FUNCTION
 from ..embedded import with_database
 from .common import raise_nofile
 from .procs import HarnessError, Processes
@@ -63,12 +64,26 @@ from .report import (
 from .scenarios import CEILING, HUB, NAIVE, TARGETS, Bench, Plan, Run, median_run
 
 ALL = ("S1", "S2", "S3", "S4", "S5", "S6")
+#: S6 also measures the capture path before migration 0004 (v1 functions, jsonb payloads), side by side.
+PREVIOUS_CAPTURE = "0003"
 EXTRA = ("S2D",)  # run only when named: S2 with permessage-deflate offered, as browsers do
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PACKAGES = ("fastapi", "starlette", "uvicorn", "websockets", "asyncpg", "uvloop", "psutil", "pydantic")
 
-BARE_NOTIFY_SQL = """
-DROP TRIGGER trades_event_v1 ON trades;
+#: S6 "no triggers": whatever capture trigger the migrations put on trades goes.
+DROP_CAPTURE_SQL = """
+DO $$
+DECLARE
+    t name;
+BEGIN
+    FOR t IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'trades'::regclass AND NOT tgisinternal LOOP
+        EXECUTE format('DROP TRIGGER %I ON trades', t);
+    END LOOP;
+END
+$$;
+"""
+
+BARE_NOTIFY_SQL = DROP_CAPTURE_SQL + """
 CREATE FUNCTION bench_bare_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('zepix_bench_bare', row_to_json(NEW)::text);
@@ -114,7 +129,7 @@ class Database:
         self.admin_dsn, self.embedded_dir = admin_dsn, embedded_dir
         self.created: list[str] = []
 
-    async def create(self, tag: str) -> str:
+    async def create(self, tag: str, revision: str = "head") -> str:
         name = f"zepix_bench_{tag}_{uuid.uuid4().hex[:8]}"
         conn = await asyncpg.connect(self.admin_dsn)
         try:
@@ -123,7 +138,7 @@ class Database:
             await conn.close()
         self.created.append(name)
         dsn = with_database(self.admin_dsn, name)
-        await asyncio.to_thread(migrate.upgrade, dsn)
+        await asyncio.to_thread(migrate.upgrade, dsn, revision)
         return dsn
 
     async def version(self) -> str:
@@ -370,9 +385,11 @@ async def s6(bench: Bench, db: Database) -> dict[str, Any]:
     plan = bench.plan
     print(f"S6  write path: 1 writer x {plan.s6_single:,} trades, 16 writers x {plan.s6_each:,} trades, one "
           f"INSERT transaction each; hub triggers vs none vs a bare per-row pg_notify(row_to_json(NEW)) "
-          f"trigger; {plan.s6_rounds} round(s)", flush=True)
+          f"trigger vs the hub's previous capture path (migration {PREVIOUS_CAPTURE}); {plan.s6_rounds} round(s)",
+          flush=True)
     dsns = {v: await db.create(f"s6{v}") for v in ("hub", "none", "bare", "nolock")}
-    for variant, sql in (("none", "DROP TRIGGER trades_event_v1 ON trades"), ("bare", BARE_NOTIFY_SQL)):
+    dsns["previous"] = await db.create("s6previous", PREVIOUS_CAPTURE)
+    for variant, sql in (("none", DROP_CAPTURE_SQL), ("bare", BARE_NOTIFY_SQL)):
         conn = await asyncpg.connect(dsns[variant])
         try:
             await conn.execute(sql)
@@ -413,10 +430,10 @@ async def _drop_commit_lock(dsn: str) -> bool:
     order would no longer be commit order). It tells the lock's serialisation apart from the triggers' work."""
     conn = await asyncpg.connect(dsn)
     try:
-        name = await conn.fetchval("SELECT to_regproc('hub_append_event_v1')::text")
-        if name is None:
+        oid = await conn.fetchval("SELECT to_regproc($1)::oid", APPEND_FUNCTION)
+        if oid is None:
             return False
-        body = await conn.fetchval("SELECT pg_get_functiondef('hub_append_event_v1'::regproc)")
+        body = await conn.fetchval("SELECT pg_get_functiondef($1::oid)", oid)
         stripped = re.sub(r"PERFORM\s+pg_advisory_xact_lock\(\s*\d+\s*\);", "", body)
         if stripped == body:
             return False

@@ -333,7 +333,7 @@ class Bench:
         assert self.writer is not None
         plan = self.plan
         channels = {"hub": "zepix_hub_events", "none": None, "bare": "zepix_bench_bare",
-                    "nolock": "zepix_hub_events"}
+                    "nolock": "zepix_hub_events", "previous": "zepix_hub_events"}
         rates: dict[tuple[str, int], list[float]] = {}
         cpu: dict[tuple[str, int], list[float]] = {}
         for writers, per in ((1, plan.s6_single), (16, plan.s6_each)):

@@ -20,7 +20,7 @@
 --     table would leave every dashboard showing trades that no longer exist.
 --   Ownership of trades/logs: an owner can ALTER TABLE ... DISABLE TRIGGER and
 --     make changes that reach no client. The tables belong to the migrating role.
---   Anything on events, event_retention, events_seq, hub_append_event_v1.
+--   Anything on events, event_retention, events_seq, hub_append_event_v1/_v2.
 
 DO $$
 BEGIN
@@ -56,12 +56,12 @@ BEGIN
 END
 $$;
 
--- hub_notify is the stable entry point; it calls hub_notify_v1 as its owner,
+-- hub_notify is the stable entry point; it calls hub_notify_v2 as its owner,
 -- so the bot needs EXECUTE on hub_notify only.
 GRANT EXECUTE ON FUNCTION hub_notify(text, text, text) TO zepix_bot_writer;
 
 -- Functions are executable by PUBLIC by default, and these are SECURITY
--- DEFINER: without this the bot could call hub_append_event_v1 and write any
+-- DEFINER: without this the bot could call hub_notify_v2 (or hub_append_event_v1) and write any
 -- event it likes. Triggers keep firing (a trigger function's EXECUTE privilege
 -- is not checked when the trigger fires). Same statement as in
 -- zepix_hub_reader.sql, so either file alone closes the hole.
@@ -70,6 +70,10 @@ REVOKE EXECUTE ON FUNCTION
     hub_trades_event_v1(),
     hub_logs_event_v1(),
     hub_notify_v1(text, text, text),
+    hub_append_event_v2(text, text, text, text, json),
+    hub_trades_event_v2(),
+    hub_logs_event_v2(),
+    hub_notify_v2(text, text, text),
     hub_notify(text, text, text)
     FROM PUBLIC;
 

@@ -59,7 +59,10 @@ GRANT SELECT ON TABLE
 
 -- Every replay and catch-up read renders frames with this function. PUBLIC has
 -- EXECUTE by default; the explicit grant survives a DBA revoking that.
-GRANT EXECUTE ON FUNCTION hub_event_frame_v1(bigint, text, timestamptz, jsonb) TO zepix_hub_reader;
+GRANT EXECUTE ON FUNCTION
+    hub_event_frame_v1(bigint, text, timestamptz, json),
+    hub_event_frame_v1(bigint, text, timestamptz, jsonb)
+    TO zepix_hub_reader;
 
 -- Close the write paths that PostgreSQL opens to every role by default:
 -- functions are executable by PUBLIC unless revoked, and these are SECURITY
@@ -74,6 +77,10 @@ REVOKE EXECUTE ON FUNCTION
     hub_trades_event_v1(),
     hub_logs_event_v1(),
     hub_notify_v1(text, text, text),
+    hub_append_event_v2(text, text, text, text, json),
+    hub_trades_event_v2(),
+    hub_logs_event_v2(),
+    hub_notify_v2(text, text, text),
     hub_notify(text, text, text)
     FROM PUBLIC;
 
