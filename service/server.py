@@ -9,10 +9,13 @@ and waits for them (bounded).
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
@@ -20,6 +23,14 @@ import uvicorn
 from .app import hub_of
 from .logconfig import logging_config
 from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A worker that lived at least this long is restarted at once; one that died sooner is restarted after
+#: RESTART_MIN_S, doubling with every quick death up to RESTART_MAX_S (a crash loop must not spin).
+HEALTHY_AFTER_S = 10.0
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
 
 
 def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, port: int | None = None,
@@ -66,17 +77,27 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
 
     uvicorn's own supervisor would start plain uvicorn Servers (1012 on shutdown
     instead of the hub's 1001), so this small one starts HubServers. Each worker
-    runs its own listener on the shared database. A worker that dies is not
-    restarted: the others keep serving, and its clients resume elsewhere.
+    runs its own listener on the shared database. A worker that dies (killed,
+    out of memory) is started again; its clients were cut off and resume with
+    `since`, on whichever worker accepts them. A worker that keeps dying soon
+    after its start is restarted with a growing delay, up to RESTART_MAX_S.
+    On SIGINT/SIGTERM every worker gets SIGTERM (its clients get 1001).
     """
     from uvicorn._subprocess import get_subprocess
 
     sock = config.bind_socket()
     if on_bound is not None:
         on_bound(int(sock.getsockname()[1]))
-    processes = [get_subprocess(config, target=HubServer(config).run, sockets=[sock]) for _ in range(workers)]
-    for process in processes:
+
+    def spawn() -> BaseProcess:
+        process = get_subprocess(config, target=HubServer(config).run, sockets=[sock])
         process.start()
+        return process
+
+    processes = [spawn() for _ in range(workers)]
+    started = [time.monotonic()] * workers
+    delay = [0.0] * workers
+    due: list[float | None] = [None] * workers
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -84,8 +105,22 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    while not stop.is_set() and any(p.is_alive() for p in processes):
-        stop.wait(0.5)
+    while not stop.wait(0.2):
+        now = time.monotonic()
+        for i, process in enumerate(processes):
+            if process.is_alive():
+                continue
+            restart_at = due[i]
+            if restart_at is None:
+                quick = now - started[i] < HEALTHY_AFTER_S
+                delay[i] = min(max(delay[i] * 2, RESTART_MIN_S), RESTART_MAX_S) if quick else 0.0
+                due[i] = now + delay[i]
+                log.warning("worker %d (pid %s) exited with %s; starting a new one in %.1f s",
+                            i, process.pid, process.exitcode, delay[i])
+            elif now >= restart_at:
+                process.join(0)  # reap it
+                processes[i], started[i], due[i] = spawn(), now, None
+                log.info("worker %d restarted (pid %s)", i, processes[i].pid)
     for process in processes:
         if process.is_alive():
             process.terminate()

@@ -93,9 +93,9 @@ async def running_hub(dsn: str, **overrides: Any) -> AsyncIterator[RunningHub]:
 class HubProcess:
     """A hub in its own process (`zepix-hub serve`), for SIGKILL and multi-process tests."""
 
-    def __init__(self, dsn: str, log_path: Path, port: int = 0, **env: str) -> None:
+    def __init__(self, dsn: str, log_path: Path, port: int = 0, args: tuple[str, ...] = (), **env: str) -> None:
         self.dsn, self.log_path, self.requested_port = dsn, log_path, port
-        self.env = env
+        self.args, self.env = args, env
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -107,7 +107,7 @@ class HubProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.requested_port or 0)],
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.requested_port or 0), *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent))
         log.close()
         deadline = time.monotonic() + timeout

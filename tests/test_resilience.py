@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
+import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -238,6 +241,86 @@ async def test_sigterm_closes_clients_1001(dsn: str, tmp_path: Path) -> None:
             await recv_json(ws)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1001
     assert await asyncio.to_thread(proc.proc.wait, 30) in (0, -15)  # type: ignore[union-attr]
+
+
+def _workers(proc: HubProcess) -> list[psutil.Process]:
+    """The live worker processes of a `serve --workers N` supervisor (not its resource tracker, not zombies)."""
+    assert proc.proc is not None
+    found = []
+    for child in psutil.Process(proc.proc.pid).children():
+        try:
+            if any("spawn_main" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # exited, not yet reaped by the supervisor
+            pass
+    return found
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def _served(url: str, dsn: str, n: int) -> list[int]:
+    """Connect n clients, write one log line, return the seq each of them received."""
+    clients = [await connect(url) for _ in range(n)]
+    try:
+        for ws in clients:
+            assert (await recv_json(ws))["type"] == "welcome"
+        await _write_logs(dsn, 1)
+        return [(await recv_until(ws, lambda f: f.get("type") == "event"))["seq"] for ws in clients]
+    finally:
+        for ws in clients:
+            await ws.close()
+
+
+async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_closes_1001(
+        dsn: str, tmp_path: Path) -> None:
+    proc = HubProcess(dsn, tmp_path / "hub.log", args=("--workers", "2")).start()
+    try:
+        from service.auth import mint
+        from service.settings import load_settings
+        from tests.hubs import SECRET
+
+        url = f"{proc.ws}?token={mint(load_settings(jwt_secret=SECRET), SECRET, subject='w', ttl_s=600)}"
+        for _ in range(200):  # the port answers as soon as one worker is up; wait for both
+            if len(_workers(proc)) == 2 and proc.log_path.read_text().count("Application startup complete") >= 2:
+                break
+            await asyncio.sleep(0.05)
+        before = _workers(proc)
+        assert len(before) == 2
+        assert len(set(await _served(url, dsn, 6))) == 1
+
+        victim = before[0]
+        victim.kill()
+        for _ in range(300):
+            now = _workers(proc)
+            if len(now) == 2 and victim.pid not in {p.pid for p in now}:
+                break
+            await asyncio.sleep(0.05)
+        assert len(now) == 2 and victim.pid not in {p.pid for p in now}
+        for _ in range(200):
+            if proc.log_path.read_text().count("Application startup complete") >= 3:
+                break
+            await asyncio.sleep(0.05)
+        log = proc.log_path.read_text()
+        assert re.search(rf"worker \d \(pid {victim.pid}\) exited with -9", log), log[-2000:]
+        seqs = await _served(url, dsn, 6)
+        assert len(seqs) == 6 and len(set(seqs)) == 1
+
+        ws = await connect(url)
+        await recv_json(ws)
+        proc.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                await recv_json(ws)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert await asyncio.to_thread(proc.proc.wait, 30) == 0  # type: ignore[union-attr]
+        assert not any(_alive(p) for p in now)
+    finally:
+        proc.kill()
 
 
 async def test_a_half_open_client_that_never_answers_pings_is_dropped(dsn: str) -> None:
