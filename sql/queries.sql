@@ -16,20 +16,38 @@ SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
  LIMIT $2;
 
 -- name: events_after_on_topics
--- The same, restricted to the topics in $2 (uses events_topic_seq_idx).
-SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
-  FROM events
- WHERE seq > $1 AND topic = ANY($2::text[])
- ORDER BY seq
+-- The same, restricted to the topics in $2. One ordered walk of
+-- events_topic_seq_idx per topic, each stopping after $3 rows, then a merge:
+-- a page costs O(topics x $3) whatever the statistics say. The plain form
+-- (topic = ANY($2) ... ORDER BY seq LIMIT $3) lets the planner, when events
+-- has no statistics yet (right after a burst), collect every matching row and
+-- sort them for each page: a full replay then goes quadratic.
+SELECT e.seq, e.topic, hub_event_frame_v1(e.seq, e.topic, e.created_at, e.payload) AS frame
+  FROM (SELECT DISTINCT unnest($2::text[])) AS t (topic)
+ CROSS JOIN LATERAL (
+        SELECT seq, topic, created_at, payload
+          FROM events
+         WHERE events.topic = t.topic AND events.seq > $1
+         ORDER BY events.seq
+         LIMIT $3
+       ) AS e
+ ORDER BY e.seq
  LIMIT $3;
 
 -- name: count_after
 -- How many events a client resuming from $1 on topics $2 (NULL = all) missed,
 -- counting at most $3 of them: enough to decide whether to replay or reset.
+-- Per topic for the reason given at events_after_on_topics.
 SELECT count(*) FROM (
-    SELECT 1 FROM events
-     WHERE seq > $1 AND ($2::text[] IS NULL OR topic = ANY($2::text[]))
-     LIMIT $3
+    SELECT 1 FROM (
+        SELECT 1 FROM events WHERE $2::text[] IS NULL AND seq > $1 LIMIT $3
+    ) AS everything
+    UNION ALL
+    SELECT 1 FROM (SELECT DISTINCT unnest($2::text[])) AS t (topic)
+     CROSS JOIN LATERAL (
+            SELECT 1 FROM events WHERE events.topic = t.topic AND events.seq > $1 LIMIT $3
+           ) AS per_topic
+    LIMIT $3
 ) AS missed;
 
 -- name: open_trades

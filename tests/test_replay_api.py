@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import asyncpg
 import httpx
 import pytest
 
-from service.store import prune
+from service.store import ORDERED_WALK, EventStore, Q, prune
 from tests.hubs import RunningHub
 
 
@@ -190,3 +191,36 @@ async def test_hub_retention_setting_prunes_in_the_background(dsn: str, db: asyn
             await asyncio.sleep(0.05)
     assert [r[0] for r in await db.fetch("SELECT seq FROM events ORDER BY seq")] == [4]
     assert await db.fetchval("SELECT pruned_through FROM event_retention") == 3
+
+
+async def test_topic_pages_match_a_plain_filter_and_walk_the_index_without_statistics(
+        dsn: str, db: asyncpg.Connection) -> None:
+    """The per-topic replay query returns exactly what `topic = ANY(...) ORDER BY seq` returns, page by page
+    (duplicate topics in the request change nothing), and on a log that was never analyzed it walks
+    events_topic_seq_idx in order instead of collecting and sorting every match for each page."""
+    await db.execute("INSERT INTO logs (level, msg) SELECT CASE WHEN i % 7 = 0 THEN 'ERROR' ELSE 'INFO' END, "
+                     "'line ' || i FROM generate_series(1, 3000) AS i")
+    await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'S' || i, 'BUY', 1 "
+                     "FROM generate_series(1, 300) AS i")
+    assert await db.fetchval("SELECT last_analyze IS NULL AND last_autoanalyze IS NULL "
+                             "FROM pg_stat_user_tables WHERE relname = 'events'")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    assert pool is not None
+    try:
+        store = EventStore(pool)
+        for topics in (["log_stream"], ["notification", "trade_update"], ["notification", "notification"],
+                       ["trade_update", "log_stream", "notification"]):
+            truth = [r["seq"] for r in await db.fetch(
+                "SELECT seq FROM events WHERE topic = ANY($1::text[]) ORDER BY seq", topics)]
+            got = [ev.seq async for ev in store.iter_after(0, topics, 250)]
+            assert got == truth, topics
+            assert await store.count_after(0, topics, 10**6) == len(truth)
+            assert await store.count_after(0, topics, 100) == min(100, len(truth))
+        async with db.transaction():
+            await db.execute(ORDERED_WALK)
+            plan = await db.fetchval("EXPLAIN (FORMAT JSON) " + Q["events_after_on_topics"],
+                                     1000, ["log_stream", "notification"], 250)
+        text = json.dumps(plan)
+        assert "Bitmap" not in text and "events_topic_seq_idx" in text, text
+    finally:
+        await pool.close()
