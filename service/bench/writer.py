@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from ..store import Q
+from ..store import ORDERED_WALK, Q
 from .common import Command, percentile, run_async, serve_commands
 
 INSERT_LOG = "INSERT INTO logs (level, msg, source, context) VALUES ('INFO', $1, 'bench', $2::jsonb)"
@@ -142,6 +142,7 @@ class Writer:
         while True:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 await conn.fetchrow(Q["log_position"])
+                await conn.execute(ORDERED_WALK)
                 rows = await conn.fetch(Q["events_after_on_topics"], since, ["log_stream"], limit)
             events += len(rows)
             if len(rows) < limit:
