@@ -30,4 +30,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    run_sql_files("v4/downgrade.sql")
+    run_sql_files("v4/downgrade.sql", "v1/07_triggers.sql")

@@ -1,19 +1,7 @@
--- Undo sql/v4: back to the v1 capture functions and a jsonb payload.
+-- Undo sql/v4: back to the v1 capture functions and a jsonb payload. The
+-- migration then runs sql/v1/07_triggers.sql again to put the v1 triggers back.
 DROP TRIGGER trades_event_v2 ON trades;
-CREATE CONSTRAINT TRIGGER trades_event_v1
-    AFTER INSERT OR UPDATE OR DELETE ON trades
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION hub_trades_event_v1();
-COMMENT ON TRIGGER trades_event_v1 ON trades IS
-    'Deferred: appends a trade_update event at commit for every changed trade row.';
-
 DROP TRIGGER logs_event_v2 ON logs;
-CREATE CONSTRAINT TRIGGER logs_event_v1
-    AFTER INSERT ON logs
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION hub_logs_event_v1();
-COMMENT ON TRIGGER logs_event_v1 ON logs IS
-    'Deferred: appends a log_stream event (and a notification for ERROR/CRITICAL) at commit.';
 
 CREATE OR REPLACE FUNCTION hub_notify(p_type text, p_title text, p_body text DEFAULT NULL)
 RETURNS bigint
