@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from . import migrate
@@ -43,6 +43,19 @@ from .topics import NOTIFICATION
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class RevalidatedStaticFiles(StaticFiles):
+    """The dashboard's assets, revalidated on every load (a 304 when unchanged).
+
+    Without a Cache-Control header browsers cache by heuristic, so after an
+    upgrade a dashboard could run yesterday's app.js against today's hub.
+    """
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 class Hub:
@@ -208,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.add_middleware(TransportAbort)
     return app
 

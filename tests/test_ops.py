@@ -562,3 +562,18 @@ async def test_real_frames_match_the_asyncapi_schemas(hub: RunningHub, db: async
     for key, frame in wrong:
         with pytest.raises(ValidationError):
             validators[key](frame)
+
+
+async def test_dashboard_and_its_assets_are_revalidated_on_every_load(hub: RunningHub) -> None:
+    """After an upgrade a browser must not run yesterday's app.js: every asset says no-cache, and an
+    unchanged one costs a 304."""
+    async with httpx.AsyncClient(base_url=hub.http) as http:
+        page = await http.get("/")
+        assert page.status_code == 200 and page.headers["cache-control"] == "no-cache"
+        for asset in ("static/app.js", "static/style.css", "static/favicon.svg"):
+            assert asset in page.text
+            first = await http.get("/" + asset)
+            assert first.status_code == 200 and first.headers["cache-control"] == "no-cache", asset
+            again = await http.get("/" + asset, headers={"If-None-Match": first.headers["etag"]})
+            assert again.status_code == 304, asset
+        assert (await http.get("/static/nope.js")).status_code == 404
