@@ -9,16 +9,18 @@ and waits for them (bounded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
+from uvicorn.server import HANDLED_SIGNALS
 
 from .app import hub_of
 from .logconfig import logging_config
@@ -62,6 +64,24 @@ class HubServer(uvicorn.Server):
             except Exception:
                 pass  # uvicorn's own shutdown still closes whatever is left
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, without sending the signal to the process again after the graceful shutdown.
+
+        uvicorn re-raises a SIGTERM it has handled, so `zepix-hub serve` died by
+        it (exit -15) and skipped its own cleanup (the demo feed, the event
+        loop). The hub has finished its shutdown by then: the process exits 0.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
     @property
     def port(self) -> int:

@@ -168,7 +168,7 @@ async def test_serve_logs_no_token(dsn: str, tmp_path: Path, fmt: str, level: st
     try:
         await _exercise(proc.ws, proc.http, tokens, in_band=in_band)
     finally:
-        assert proc.terminate() in (0, -15)  # a clean stop flushes every line
+        assert proc.terminate() == 0  # a clean stop flushes every line
     text = log_path.read_text()
     lines = _log_lines(text)
     # The level really applied: at DEBUG the handshakes and frames are traced, at INFO only access lines.
