@@ -154,3 +154,34 @@ async def test_capture_v2_upgrade_keeps_the_log_and_its_frames(pg: PgServer) -> 
         if conn is not None:
             await conn.close()
         await pg.drop_database(name)
+
+
+async def test_capture_v2_upgrade_waits_for_a_bot_mid_transaction_instead_of_deadlocking(pg: PgServer) -> None:
+    """A bot transaction holds trades and takes events at COMMIT; 0004 takes the tables in that order too."""
+    name = await pg.create_database()
+    dsn = pg.dsn(name)
+    bot = watcher = None
+    try:
+        await asyncio.to_thread(migrate.upgrade, dsn, "0003")
+        bot, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+        tx = bot.transaction()
+        await tx.start()
+        await bot.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('BTCUSDT', 'BUY', 1)")
+        migrating = asyncio.ensure_future(asyncio.to_thread(migrate.upgrade, dsn))
+        for _ in range(200):  # until the migration queues behind the bot's lock
+            if await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                                      "AND wait_event_type = 'Lock'", name):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the migration never waited for the bot's transaction")
+        await tx.commit()  # its deferred trigger appends to events: must not deadlock with the migration
+        await asyncio.wait_for(migrating, 60)
+        assert await watcher.fetchval("SELECT version_num FROM alembic_version") == migrate.head_revision()
+        rows = await watcher.fetch("SELECT seq, topic FROM events ORDER BY seq")
+        assert [(r["seq"], r["topic"]) for r in rows] == [(1, "trade_update")]
+    finally:
+        for conn in (bot, watcher):
+            if conn is not None:
+                await conn.close()
+        await pg.drop_database(name)

@@ -16,6 +16,13 @@
 --
 -- ALTER COLUMN ... TYPE json rewrites the table under an ACCESS EXCLUSIVE lock:
 -- on a large log, prune first (docs/dba.md).
+--
+-- Lock order: a bot transaction holds trades (or logs) and takes events at
+-- COMMIT, in its deferred trigger. This migration takes events here and the
+-- bot's tables in 07_triggers.sql; taking them the other way round would
+-- deadlock with a live bot. So all three, in the bot's order, first.
+LOCK TABLE trades, logs, events IN ACCESS EXCLUSIVE MODE;
+
 CREATE DOMAIN event_topic AS text
     CHECK (VALUE IN ('trade_update', 'log_stream', 'notification'));
 COMMENT ON DOMAIN event_topic IS 'The topics of events.topic; checked through events_topic_check.';
