@@ -140,10 +140,14 @@ class EventStore:
     async def count_after(self, since: int, topics: Iterable[str] | None, cap: int) -> int:
         """How many events after `since` on `topics`, counting no further than `cap`."""
         wanted = _topic_filter(topics)
-        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-            if wanted:
+        async with self._pool.acquire() as conn:
+            if wanted is None:
+                return int(await conn.fetchval(Q["count_after"], since, cap))
+            if not wanted:
+                return 0
+            async with conn.transaction(readonly=True):
                 await conn.execute(ORDERED_WALK)
-            return int(await conn.fetchval(Q["count_after"], since, wanted, cap))
+                return int(await conn.fetchval(Q["count_after_on_topics"], since, wanted, cap))
 
     async def snapshot(self, log_lines: int, closed_trades: int = 20) -> Snapshot:
         """Open trades, recent closed trades and log lines with the head seq, all from one database snapshot."""

@@ -1,6 +1,6 @@
 -- Named queries the hub runs at run time. service/store.py loads this file and
 -- runs each block by its name; a DBA can paste any of them into psql (replace
--- $1, $2, ... by values). None of them writes, except the prune pair.
+-- $1, $2, ... by values). None of them writes, except prune_batch.
 
 -- name: log_position
 -- head, oldest retained seq and retention floor; read in the same snapshot as
@@ -18,10 +18,11 @@ SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
 -- name: events_after_on_topics
 -- The same, restricted to the topics in $2. One ordered walk of
 -- events_topic_seq_idx per topic, each stopping after $3 rows, then a merge:
--- a page costs O(topics x $3) whatever the statistics say. The plain form
--- (topic = ANY($2) ... ORDER BY seq LIMIT $3) lets the planner, when events
--- has no statistics yet (right after a burst), collect every matching row and
--- sort them for each page: a full replay then goes quadratic.
+-- a page costs O(topics x $3). The hub runs it after
+-- SET LOCAL enable_bitmapscan = off (service/store.py, ORDERED_WALK); paste
+-- that too. Without it, when events has no statistics yet (right after a
+-- burst), the planner guesses few rows match and prefers collecting and
+-- sorting every match for each page: a full replay then goes quadratic.
 SELECT e.seq, e.topic, hub_event_frame_v1(e.seq, e.topic, e.created_at, e.payload) AS frame
   FROM (SELECT DISTINCT unnest($2::text[])) AS t (topic)
  CROSS JOIN LATERAL (
@@ -35,17 +36,22 @@ SELECT e.seq, e.topic, hub_event_frame_v1(e.seq, e.topic, e.created_at, e.payloa
  LIMIT $3;
 
 -- name: count_after
--- How many events a client resuming from $1 on topics $2 (NULL = all) missed,
--- counting at most $3 of them: enough to decide whether to replay or reset.
--- Per topic for the reason given at events_after_on_topics.
+-- How many events a client resuming from $1 missed, counting at most $2 of
+-- them: enough to decide whether to replay or reset. In seq order, so the
+-- primary key bounds the work to $2 rows.
 SELECT count(*) FROM (
-    SELECT 1 FROM (
-        SELECT 1 FROM events WHERE $2::text[] IS NULL AND seq > $1 LIMIT $3
-    ) AS everything
-    UNION ALL
+    SELECT 1 FROM events WHERE seq > $1 ORDER BY seq LIMIT $2
+) AS missed;
+
+-- name: count_after_on_topics
+-- The same on the topics in $2, at most $3: per topic, as events_after_on_topics.
+SELECT count(*) FROM (
     SELECT 1 FROM (SELECT DISTINCT unnest($2::text[])) AS t (topic)
      CROSS JOIN LATERAL (
-            SELECT 1 FROM events WHERE events.topic = t.topic AND events.seq > $1 LIMIT $3
+            SELECT 1 FROM events
+             WHERE events.topic = t.topic AND events.seq > $1
+             ORDER BY events.seq
+             LIMIT $3
            ) AS per_topic
     LIMIT $3
 ) AS missed;

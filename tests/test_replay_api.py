@@ -87,7 +87,8 @@ async def test_missing_or_bad_token_is_401(hub: RunningHub, headers: dict[str, s
             assert r.headers["www-authenticate"].startswith("Bearer")
 
 
-async def test_expired_token_is_401_and_forbidden_topic_is_403(hub: RunningHub) -> None:
+async def test_expired_token_is_401_and_forbidden_topic_is_403(hub: RunningHub, db: asyncpg.Connection) -> None:
+    await _seed(db)
     async with httpx.AsyncClient(base_url=hub.http) as http:
         r = await http.get("/api/events", params={"since": 0}, headers=_auth(hub.token(ttl=-10)))
         assert r.status_code == 401 and r.json()["detail"] == "token expired"
@@ -97,6 +98,7 @@ async def test_expired_token_is_401_and_forbidden_topic_is_403(hub: RunningHub) 
         # Without a topics parameter a narrow token reads its own topics only.
         r = await http.get("/api/events", params={"since": 0}, headers=_auth(narrow))
         assert r.status_code == 200
+        assert [(e["seq"], e["topic"]) for e in r.json()["events"]] == [(2, "log_stream"), (3, "log_stream")]
 
 
 async def test_prune_moves_oldest_and_old_since_is_gone(hub: RunningHub, db: asyncpg.Connection) -> None:
@@ -133,6 +135,7 @@ async def test_snapshot_is_consistent_with_its_head(hub: RunningHub, db: asyncpg
         # A token without trade_update sees no trades.
         logs_only = (await http.get("/api/snapshot", headers=_auth(hub.token(topics=["log_stream"])))).json()
         assert logs_only["open_trades"] == [] and len(logs_only["logs"]) == 2
+        assert logs_only["closed_trades"] == []
 
 
 async def test_snapshot_under_concurrent_writes_matches_replay(hub: RunningHub, dsn: str) -> None:
@@ -182,9 +185,10 @@ async def test_hub_retention_setting_prunes_in_the_background(dsn: str, db: asyn
     from tests.hubs import running_hub
 
     await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'old' FROM generate_series(1, 3)")
-    await asyncio.sleep(1.2)
+    # Backdated rather than waited for: a slow hub start must not age the new row past the retention too.
+    await db.execute("UPDATE events SET created_at = created_at - interval '2 hours'")
     await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'new')")
-    async with running_hub(dsn, retention="1s"):
+    async with running_hub(dsn, retention="1h"):
         for _ in range(100):
             if await db.fetchval("SELECT pruned_through FROM event_retention") == 3:
                 break
@@ -216,6 +220,9 @@ async def test_topic_pages_match_a_plain_filter_and_walk_the_index_without_stati
             assert got == truth, topics
             assert await store.count_after(0, topics, 10**6) == len(truth)
             assert await store.count_after(0, topics, 100) == min(100, len(truth))
+        total = await db.fetchval("SELECT count(*) FROM events")
+        assert await store.count_after(0, None, 10**6) == total and await store.count_after(0, None, 100) == 100
+        assert await store.count_after(total - 5, None, 100) == 5
         async with db.transaction():
             await db.execute(ORDERED_WALK)
             plan = await db.fetchval("EXPLAIN (FORMAT JSON) " + Q["events_after_on_topics"],
