@@ -76,6 +76,11 @@ class DirectSocket:
         return (self._conn.state is State.OPEN and not self._conn.extensions and not self._protocol.close_sent
                 and not self._transport.is_closing())
 
+    def closing(self) -> bool:
+        """The connection is closing or closed (by either side): nothing more may be written to it."""
+        return (self._conn.state is not State.OPEN or bool(self._protocol.close_sent)
+                or self._transport.is_closing())
+
     def ready(self) -> bool:
         """Usable and below the transport's high-water mark: a write now does not pile up."""
         return bool(self._protocol.writable.is_set()) and self.usable()

@@ -27,6 +27,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from starlette.websockets import WebSocketDisconnect
+
 from .asgi import DirectSocket
 from .frames import CLOSE_TOO_SLOW, Frame, ws_text_frame
 from .settings import Settings
@@ -94,7 +96,7 @@ class Client:
             return
         self.idle = False  # until the sender has drained the queue, later frames queue up behind this one
         self.queue.append(frame)
-        self.queued_bytes += len(frame.text)
+        self.queued_bytes += len(frame.wire)
         depth = len(self.queue)
         if depth > self.peak_depth:
             self.peak_depth = depth
@@ -129,9 +131,12 @@ class Client:
             # send_timeout_s more for one only delays the inevitable. Drop the connection now.
             self.close_code = self.close_request[0] if self.close_request else CLOSE_TOO_SLOW
             self._abort()
+        except (WebSocketDisconnect, OSError) as exc:
+            # The peer went away mid-write: the session's receive loop sees its close and ends the session.
+            log.debug("client %s gone while sending: %s", self.id, type(exc).__name__)
         except Exception as exc:
-            # Usually the socket went away mid-write (the session's receive loop notices). Anything else
-            # must not leave a connected client without a sender: close it so it reconnects and resumes.
+            # Anything else must not leave a connected client without a sender: close it so it reconnects
+            # and resumes.
             log.debug("client %s sender stopped: %s", self.id, type(exc).__name__)
             with contextlib.suppress(Exception):
                 await self._do_close(1011, f"internal error; resume with since={self.delivered}")
@@ -151,6 +156,8 @@ class Client:
                 await self._do_close(*self.close_request)
                 return
             direct = self.direct
+            if direct is not None and direct.closing():
+                return  # the client closed (or the hub is closing it): the session's receive loop ends it
             if direct is not None and direct.usable():
                 if not direct.ready():  # the peer is behind: wait (the watchdog sees the stall)
                     self.sending_since = loop.time()
@@ -162,7 +169,7 @@ class Client:
                 last = self.delivered
                 while queue:
                     frame = queue.popleft()
-                    self.queued_bytes -= len(frame.text)
+                    self.queued_bytes -= len(frame.wire)
                     seq = frame.seq
                     if seq is not None:
                         if seq <= last:
@@ -175,7 +182,7 @@ class Client:
                 continue
             while queue and self.close_request is None:
                 frame = queue.popleft()
-                self.queued_bytes -= len(frame.text)
+                self.queued_bytes -= len(frame.wire)
                 seq = frame.seq
                 if seq is not None:
                     if seq <= self.delivered:
@@ -196,6 +203,8 @@ class Client:
         self.sending_since = asyncio.get_running_loop().time()
         await direct.drained()
         self.sending_since = None
+        if direct.closing():
+            return  # the client left while we waited
         direct.write(b"".join(ws_text_frame(t.encode()) for t in texts))
 
     async def send_now(self, text: str) -> None:
@@ -239,7 +248,6 @@ class ConnectionManager:
         self._clients: dict[str, Client] = {}
         self._by_topic: dict[str, set[Client]] = {t: set() for t in ALL_TOPICS}
         self._watchdog: asyncio.Task[None] | None = None
-        self.closed_by_code: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -273,8 +281,6 @@ class ConnectionManager:
             self._by_topic[topic].discard(client)
         client.queue.clear()
         client.queued_bytes = 0
-        if client.close_code is not None:
-            self.closed_by_code[client.close_code] = self.closed_by_code.get(client.close_code, 0) + 1
         task = client._sender
         if task is not None and not task.done():
             task.cancel()

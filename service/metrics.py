@@ -34,6 +34,11 @@ class Metrics:
     def closed(self, code: int) -> None:
         self.disconnects.labels(code=str(code)).inc()
 
+    def closes(self, code: int) -> int:
+        """How many connections closed with `code` so far (the hub's own code, else the client's)."""
+        value = self.registry.get_sample_value("zepix_hub_disconnects_total", {"code": str(code)})
+        return int(value or 0)
+
     def resumed(self, recovered: bool, count: int) -> None:
         self.resumes.labels(recovered=str(recovered).lower()).inc()
         self.replayed.inc(count)

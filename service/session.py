@@ -131,7 +131,7 @@ class Session:
                 code = self.client.close_code if self.client.close_code is not None else self._peer_code
                 if code is not None:
                     self.hub.metrics.closed(code)
-                log.info("client %s disconnected (close code %s)", self.client.id, self.client.close_code,
+                log.info("client %s disconnected (close code %s)", self.client.id, code,
                          extra={"conn": self.client.id})
 
     async def _refuse(self, code: int, reason: str, frame: str | None = None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -61,10 +62,10 @@ async def test_a_stalled_client_is_cut_with_4008_and_the_others_are_untouched(ds
             assert seqs == list(range(1, n + 1))
         # The hub gave up on the stalled one (server side: 4008) without slowing anyone down.
         for _ in range(100):
-            if hub.hub.manager.closed_by_code.get(4008):
+            if hub.hub.metrics.closes(4008):
                 break
             await asyncio.sleep(0.1)
-        assert hub.hub.manager.closed_by_code.get(4008) == 1
+        assert hub.hub.metrics.closes(4008) == 1
         assert len(hub.hub.manager) == 3
         # It finds its connection dropped; resuming from the last seq it would have read loses nothing.
         stalled_sock.close()
@@ -290,6 +291,7 @@ async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_cl
             await asyncio.sleep(0.05)
         before = _workers(proc)
         assert len(before) == 2
+        assert proc.log_path.read_text().count("Application startup complete") >= 2
         assert len(set(await _served(url, dsn, 6))) == 1
 
         victim = before[0]
@@ -305,6 +307,7 @@ async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_cl
                 break
             await asyncio.sleep(0.05)
         log = proc.log_path.read_text()
+        assert log.count("Application startup complete") >= 3, log[-2000:]  # the replacement is serving
         assert re.search(rf"worker \d \(pid {victim.pid}\) exited with -9", log), log[-2000:]
         seqs = await _served(url, dsn, 6)
         assert len(seqs) == 6 and len(set(seqs)) == 1
@@ -353,3 +356,27 @@ async def test_an_event_whose_notification_never_came_is_read_by_the_safety_net(
         await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'loud')")
         frame = await recv_until(ws, lambda f: f.get("type") == "event", timeout=10)
         assert frame["seq"] == 2
+
+
+async def test_clients_that_close_mid_stream_are_counted_with_their_own_code(dsn: str) -> None:
+    """A client closing while frames are queued for it is its own close (here 4321), not a hub 1011."""
+    async with running_hub(dsn) as hub:
+        url = f"{hub.ws}?token={hub.token()}&topics=log_stream"
+        writing = asyncio.create_task(_write_logs(dsn, 3000, size=2000))
+        try:
+            for _ in range(20):
+                ws = await connect(url)
+                await recv_json(ws)  # welcome
+                await recv_until(ws, lambda f: f.get("type") == "event")
+                await ws.close(4321, "bye")
+        finally:
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+        for _ in range(100):
+            if len(hub.hub.manager) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert len(hub.hub.manager) == 0
+        assert hub.hub.metrics.closes(4321) == 20
+        assert hub.hub.metrics.closes(1011) == 0
