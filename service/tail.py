@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .client import Connected, Event, HubClient, HubRejected, Reconnecting, Resumed
 from .errors import ConfigError, UnknownTopicError
-from .settings import Settings, load_settings
+from .settings import Settings, display_host, load_settings
 from .topics import LOG_STREAM, NOTIFICATION, SYS_STATUS, TRADE_UPDATE, parse_topics
 
 DEV_TOKEN_TTL_S = 7 * 86400
@@ -154,10 +154,7 @@ def describe(item: Connected | Resumed | Reconnecting, url: str) -> str:
 
 
 def _default_url(settings: Settings) -> str:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{settings.port or 8000}"
+    return f"http://{display_host(settings.host)}:{settings.port or 8000}"
 
 
 def resolve_token(explicit: str | None, url: str, settings: Settings) -> str | Callable[[], str]:

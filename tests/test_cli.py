@@ -211,8 +211,9 @@ async def test_configuration_errors_exit_2_with_a_clear_message(tmp_path: Path) 
         cli(cli_env(NO_DB, tmp_path), "tail", "--token", "t", "--url", "ftp://x/"),
         cli(cli_env(NO_DB, tmp_path), "tail", "--token", "t", "--since", "-1"),
         cli(cli_env(NO_DB, tmp_path, HUB_DEV="true", HUB_JWT_SECRET=""), "tail"),
+        cli(cli_env(NO_DB, tmp_path, HUB_LOG_LEVEL="verbose"), "serve", "--port", "0"),
     )
-    bad_alg, no_secret, short_secret, no_token, bad_topic, bad_url, bad_since, no_dev_secret = runs
+    bad_alg, no_secret, short_secret, no_token, bad_topic, bad_url, bad_since, no_dev_secret, bad_level = runs
     assert_usage_error(bad_alg, "HUB_JWT_ALGORITHMS", "'none' is never allowed")
     assert_usage_error(no_secret, "no JWT key", "HUB_JWT_SECRET")
     assert_usage_error(short_secret, "HUB_JWT_SECRET is too short")
@@ -221,6 +222,7 @@ async def test_configuration_errors_exit_2_with_a_clear_message(tmp_path: Path) 
     assert_usage_error(bad_url, "hub URL")
     assert_usage_error(bad_since, "since must be a non-negative integer")
     assert_usage_error(no_dev_secret, "no dev secret")
+    assert_usage_error(bad_level, "HUB_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     assert not (tmp_path / "data" / "jwt-secret").exists()  # tail must not invent a secret the hub lacks
 
 
@@ -364,3 +366,10 @@ def test_tail_token_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     minted = resolve_token(None, "http://127.0.0.1:8000", dev)
     assert callable(minted)  # minted afresh for every connection
     assert Verifier(prod, SECRET).verify(minted()).subject == "dev-tail"
+
+
+def test_printed_urls_use_an_openable_host() -> None:
+    from service.settings import display_host
+
+    assert [display_host(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "::1", "[::1]", "hub.local")] == [
+        "127.0.0.1", "127.0.0.1", "127.0.0.1", "10.1.2.3", "[::1]", "[::1]", "hub.local"]
