@@ -60,8 +60,9 @@ $$;
 -- so the bot needs EXECUTE on hub_notify only.
 GRANT EXECUTE ON FUNCTION hub_notify(text, text, text) TO zepix_bot_writer;
 
--- Functions are executable by PUBLIC by default, and these are SECURITY
--- DEFINER: without this the bot could call hub_notify_v2 (or hub_append_event_v1) and write any
+-- Functions are executable by PUBLIC by default, and most of these are SECURITY
+-- DEFINER (hub_append_event_v2 runs as its SECURITY DEFINER callers): without
+-- this the bot could call hub_notify_v2 (or hub_append_event_v1) and write any
 -- event it likes. Triggers keep firing (a trigger function's EXECUTE privilege
 -- is not checked when the trigger fires). Same statement as in
 -- zepix_hub_reader.sql, so either file alone closes the hole.

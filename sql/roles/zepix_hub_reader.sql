@@ -65,8 +65,8 @@ GRANT EXECUTE ON FUNCTION
     TO zepix_hub_reader;
 
 -- Close the write paths that PostgreSQL opens to every role by default:
--- functions are executable by PUBLIC unless revoked, and these are SECURITY
--- DEFINER, so without this any role that can connect could append arbitrary
+-- functions are executable by PUBLIC unless revoked, and most of these are
+-- SECURITY DEFINER, so without this any role that can connect could append arbitrary
 -- events (hub_append_event_v1) or raise notifications (hub_notify). The
 -- triggers keep firing: a trigger function's EXECUTE privilege is not checked
 -- when the trigger fires, and the functions run as their owner.
