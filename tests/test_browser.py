@@ -266,6 +266,9 @@ async def test_expired_token_stops_reconnecting_until_a_new_one_is_pasted(
     sockets = len(dash.ws_urls)
     await asyncio.sleep(1.0)  # twice the longest first backoff step: a reconnect would have happened by now
     assert len(dash.ws_urls) == sockets
+    # A scheduled reconnect shows as "reconnecting" at once, before its timer fires: a slow machine cannot
+    # hide one.
+    assert (await dash.state())["connection"]["status"] == "unauthorized"
     assert len(hub.hub.manager) == 0
 
     await page.locator("#token-input").fill(hub.token(ttl=600))

@@ -275,12 +275,16 @@ def _next_reply(ws: ClientConnection) -> dict[str, Any]:
 def test_fuzzed_frames_get_documented_answers_and_disturb_nobody(dsn: str) -> None:
     handler = Records()
     loggers = [logging.getLogger(name) for name in HUB_LOGGERS]
-    for logger in loggers:
-        logger.addHandler(handler)
     sent: dict[str, int] = {"frames": 0, "connections": 0, "closes_1009": 0}
     replies: Counter[str] = Counter()
     try:
         with HubThread(dsn) as thread:
+            # Attach only now: starting the hub applies its logging config, which drops earlier handlers.
+            for logger in loggers:
+                logger.addHandler(handler)
+            logging.getLogger("service.fuzzprobe").error("probe")
+            assert handler.bad() == ["service.fuzzprobe ERROR: probe"], "the capture does not see the hub's logs"
+            handler.records.clear()
             hub = thread.running
             box = Observed()
             observing = thread.submit(_observe(f"{hub.ws}?token={hub.token()}&topics=log_stream,trade_update,"
