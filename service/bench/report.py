@@ -58,16 +58,22 @@ def live_row(run: Run, label: str | None = None) -> str:
 
 
 def worst_second(run: Run) -> str:
-    """The second with the highest p99, if it stands out (3x the run's median per-second p99)."""
-    seconds = [s for s in run.extra.get("timeline", []) if s["n"] >= 100]
-    if len(seconds) < 3:
-        return ""
-    typical = sorted(s["p99"] for s in seconds)[len(seconds) // 2]
-    bad = max(seconds, key=lambda s: s["p99"])
-    if bad["p99"] < 3 * typical:
-        return ""
-    return (f"latency is not steady: second {bad['s']} of the run had p99 {ms(bad['p99'])} "
-            f"(median second: {ms(typical)}); see timeline in the JSON")
+    """The second with the highest p99, if it stands out (3x its run's median per-second p99).
+
+    A single run keeps its timeline in extra["timeline"]; median_run keeps every repetition's in
+    extra["timelines"]."""
+    timelines = run.extra.get("timelines") or [run.extra.get("timeline", [])]
+    for i, timeline in enumerate(timelines):
+        seconds = [s for s in timeline if s["n"] >= 100]
+        if len(seconds) < 3:
+            continue
+        typical = sorted(s["p99"] for s in seconds)[len(seconds) // 2]
+        bad = max(seconds, key=lambda s: s["p99"])
+        if bad["p99"] >= 3 * typical:
+            which = f" of repetition {i + 1}" if len(timelines) > 1 else ""
+            return (f"latency is not steady: second {bad['s']}{which} had p99 {ms(bad['p99'])} "
+                    f"(median second: {ms(typical)}); see the timelines in the JSON")
+    return ""
 
 
 TCP_ENDS = {7: "we got a reset", 8: "we got a FIN", 100: "the server's socket is gone",

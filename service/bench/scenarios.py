@@ -199,10 +199,11 @@ class Bench:
                 f.call({"cmd": "expect", "count": run.events, "grace": grace, "lat_path": str(p)}, grace + 60)
                 for f, p in zip(workers, lat_paths, strict=True)))
             after = self._usage(server, everyone)
-            await self.profiler.stop()
+            # Read the window before stopping the profiler: py-spy's flush is neither wall time nor load.
             run.wall = time.monotonic() - t0
             run.other_cpu = max(0.0, busy_cpu() - busy0 - sum(a.cpu - b.cpu for a, b in zip(after, before,
                                                                                                strict=True)))
+            await self.profiler.stop()
             run.server_cpu = after[0].cpu - before[0].cpu
             run.gen_cpu = after[1].cpu - before[1].cpu
             fleet_cpu = [a.cpu - b.cpu for a, b in zip(after[2:], before[2:], strict=True)]
@@ -308,13 +309,13 @@ class Bench:
             hi = await self.head()
             fin = await fleet.call({"cmd": "resume_finish", "since": since, "hi": hi, "timeout": 60}, 120)
             after = self._usage(server, [fleet])
-            await self.profiler.stop()
             run.wall = time.monotonic() - t0
+            run.other_cpu = max(0.0, busy_cpu() - busy0 - sum(a.cpu - b.cpu for a, b in zip(after, before,
+                                                                                               strict=True)))
+            await self.profiler.stop()
             run.server_cpu = after[0].cpu - before[0].cpu
             run.gen_cpu = after[1].cpu - before[1].cpu
             run.fleet_cpu = after[2].cpu - before[2].cpu
-            run.other_cpu = max(0.0, busy_cpu() - busy0 - sum(a.cpu - b.cpu for a, b in zip(after, before,
-                                                                                               strict=True)))
             run.server_hwm = usage(server.pid).hwm
             run.events = hi - since
             run.expected = hi - since
@@ -335,21 +336,17 @@ class Bench:
         channels = {"hub": "zepix_hub_events", "none": None, "bare": "zepix_bench_bare",
                     "nolock": "zepix_hub_events", "previous": "zepix_hub_events"}
         rates: dict[tuple[str, int], list[float]] = {}
-        cpu: dict[tuple[str, int], list[float]] = {}
         for writers, per in ((1, plan.s6_single), (16, plan.s6_each)):
             for _ in range(plan.s6_rounds):
                 for variant, dsn in dsns.items():  # interleaved, so background noise hits every variant alike
-                    cpu0 = self.writer.usage().cpu
                     r = await self.writer.call({"cmd": "trades", "dsn": dsn, "writers": writers,
                                                 "per_writer": per, "listen": channels[variant]}, 600)
                     if channels[variant] and r["notified"] < r["inserts"]:
                         raise HarnessError(f"S6 {variant}: {r['notified']} of {r['inserts']} notifications")
                     key = (variant, writers)
                     rates.setdefault(key, []).append(float(r["rate"]))
-                    cpu.setdefault(key, []).append((self.writer.usage().cpu - cpu0) / r["seconds"])
         return {"rates": {f"{v}/{w}": statistics.median(x) for (v, w), x in rates.items()},
-                "all": {f"{v}/{w}": x for (v, w), x in rates.items()},
-                "gen_util": {f"{v}/{w}": statistics.median(x) for (v, w), x in cpu.items()}}
+                "all": {f"{v}/{w}": x for (v, w), x in rates.items()}}
 
 
 def timeline(lat: array[float], at: array[float], start: float) -> list[dict[str, float]]:

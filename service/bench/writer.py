@@ -47,11 +47,6 @@ class Writer:
             return await self.trades(cmd)
         if kind == "read_ref":
             return await self.read_ref(cmd)
-        if kind == "forget":
-            conn = self.conns.pop(cmd["dsn"], None)
-            if conn is not None:
-                await conn.close()
-            return {"ok": True}
         raise ValueError(f"unknown command {kind!r}")
 
     async def write(self, cmd: Command) -> dict[str, Any]:
