@@ -22,6 +22,8 @@ from .settings import HS_ALGORITHMS, Settings
 from .topics import ALL_TOPICS, parse_topics
 
 DEV_SECRET_FILE = "jwt-secret"
+#: Lifetime of the tokens minted for you in dev mode (the dashboard link of `serve`, `tail`).
+DEV_TOKEN_TTL_S = 7 * 86400
 
 
 @dataclass(frozen=True, slots=True)

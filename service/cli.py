@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, HubError, UnknownTopicError
+from .frames import MAX_SEQ
 from .settings import LOG_LEVELS, Settings, display_host, load_settings
 
 log = logging.getLogger("service.cli")
@@ -53,7 +54,7 @@ def _positive_float(text: str) -> float:
 
 
 def _since(text: str) -> int:
-    if not text.isdigit() or int(text) > 2**63 - 1:
+    if not text.isdigit() or int(text) > MAX_SEQ:
         raise argparse.ArgumentTypeError(f"since must be a non-negative integer, not {text!r}")
     return int(text)
 
@@ -81,7 +82,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
-    from .auth import mint, signing_key, verification_key
+    from .auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
     from .server import HubServer, run_workers, uvicorn_config
 
     settings = _settings(host=args.host, port=args.port)
@@ -103,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce(port: int) -> None:
         base = f"http://{display_host(settings.host)}:{port}/"
         if settings.dev_mode:
-            token = mint(settings, signing_key(settings), subject="dev-dashboard", ttl_s=7 * 86400)
+            token = mint(settings, signing_key(settings), subject="dev-dashboard", ttl_s=DEV_TOKEN_TTL_S)
             print("\n    zepix-hub is live. Open the dashboard (dev token, valid 7 days):\n"
                   f"        {base}?token={token}\n", flush=True)
         else:

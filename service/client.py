@@ -47,6 +47,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .errors import HubError
+from .frames import MAX_SEQ
 from .topics import parse_topics
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class HubClient:
         self.url = live_url(url)
         if isinstance(token, str) and not token.strip():
             raise ValueError("token must not be empty")
-        if since is not None and (isinstance(since, bool) or not 0 <= since <= 2**63 - 1):
+        if since is not None and (isinstance(since, bool) or not 0 <= since <= MAX_SEQ):
             raise ValueError(f"since must be a non-negative integer, not {since!r}")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 (or None to retry forever)")

@@ -56,7 +56,8 @@ def fail(name: str, detail: str, fix: str) -> Result:
 
 def mask_dsn(dsn: str) -> str:
     """The DSN without its password, for printing."""
-    return re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
+    masked = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
 
 
 def check_key(settings: Settings) -> Result:

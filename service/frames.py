@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Close codes. 1000-range ones are the standard's; 4000-range ones are ours.
+#: The largest seq a client may send (`since`): PostgreSQL's bigint.
+MAX_SEQ = 2**63 - 1
+
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # hub shutting down: reconnect (elsewhere) and resume with since
 CLOSE_POLICY = 1008  # rate limit exceeded

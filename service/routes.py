@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from .app import STATIC_DIR, Hub
 from .auth import Principal
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
-from .session import MAX_SEQ, Session
+from .frames import MAX_SEQ
+from .session import Session
 from .topics import LOG_STREAM, PERSISTED_TOPICS, TRADE_UPDATE, parse_topics
 
 router = APIRouter()

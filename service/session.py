@@ -30,6 +30,7 @@ from .frames import (
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED,
+    MAX_SEQ,
     PONG,
     control,
     error,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_SEQ = 2**63 - 1
 
 
 def token_from_handshake(ws: WebSocket) -> tuple[str | None, bool]:

@@ -23,8 +23,6 @@ from .errors import ConfigError, UnknownTopicError
 from .settings import Settings, display_host, load_settings
 from .topics import LOG_STREAM, NOTIFICATION, SYS_STATUS, TRADE_UPDATE, parse_topics
 
-DEV_TOKEN_TTL_S = 7 * 86400
-
 RESET, BOLD, DIM = "\x1b[0m", "\x1b[1m", "\x1b[2m"
 RED, GREEN, YELLOW, BLUE, MAGENTA, CYAN = (f"\x1b[{n}m" for n in (31, 32, 33, 34, 35, 36))
 
@@ -171,7 +169,7 @@ def resolve_token(explicit: str | None, url: str, settings: Settings) -> str | C
     if not settings.dev_mode:
         raise ConfigError("no token: pass --token or set HUB_TOKEN "
                           "(mint one with: zepix-hub token --sub NAME)")
-    from .auth import DEV_SECRET_FILE, mint, signing_key
+    from .auth import DEV_SECRET_FILE, DEV_TOKEN_TTL_S, mint, signing_key
 
     if settings.symmetric and not settings.jwt_secret and not (settings.data_dir / DEV_SECRET_FILE).exists():
         # Minting would create a new dev secret the running hub does not know.

@@ -373,3 +373,13 @@ def test_printed_urls_use_an_openable_host() -> None:
 
     assert [display_host(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "::1", "[::1]", "hub.local")] == [
         "127.0.0.1", "127.0.0.1", "127.0.0.1", "10.1.2.3", "[::1]", "[::1]", "hub.local"]
+
+
+def test_doctor_masks_passwords_wherever_the_dsn_carries_them() -> None:
+    from service.doctor import mask_dsn
+
+    assert mask_dsn("postgresql://bot:s3cret@db:5432/zepix") == "postgresql://bot:***@db:5432/zepix"
+    assert mask_dsn("postgresql://bot@db/zepix?sslmode=require&password=s3cret") == \
+        "postgresql://bot@db/zepix?sslmode=require&password=***"
+    assert mask_dsn("postgresql:///zepix?host=/run/pg&password=s3cret#x") == \
+        "postgresql:///zepix?host=/run/pg&password=***#x"
