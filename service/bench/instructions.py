@@ -33,7 +33,7 @@ from pathlib import Path
 import asyncpg
 
 from .. import migrate
-from .run import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
+from .capture import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
 
 #: variant -> (migration revision, SQL run after it)
 VARIANTS: dict[str, tuple[str, str | None]] = {

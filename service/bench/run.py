@@ -50,6 +50,7 @@ import psutil
 from .. import migrate
 from ..doctor import APPEND_FUNCTION
 from ..embedded import with_database
+from .capture import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
 from .common import raise_nofile
 from .procs import HarnessError, Processes
 from .report import (
@@ -64,34 +65,10 @@ from .report import (
 from .scenarios import CEILING, HUB, NAIVE, TARGETS, Bench, Plan, Run, median_run
 
 ALL = ("S1", "S2", "S3", "S4", "S5", "S6")
-#: S6 also measures the capture path before migration 0004 (v1 functions, jsonb payloads), side by side.
-PREVIOUS_CAPTURE = "0003"
 EXTRA = ("S2D",)  # run only when named: S2 with permessage-deflate offered, as browsers do
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PACKAGES = ("fastapi", "starlette", "uvicorn", "websockets", "asyncpg", "uvloop", "psutil", "pydantic")
 
-#: S6 "no triggers": whatever capture trigger the migrations put on trades goes.
-DROP_CAPTURE_SQL = """
-DO $$
-DECLARE
-    t name;
-BEGIN
-    FOR t IN SELECT tgname FROM pg_trigger WHERE tgrelid = 'trades'::regclass AND NOT tgisinternal LOOP
-        EXECUTE format('DROP TRIGGER %I ON trades', t);
-    END LOOP;
-END
-$$;
-"""
-
-BARE_NOTIFY_SQL = DROP_CAPTURE_SQL + """
-CREATE FUNCTION bench_bare_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('zepix_bench_bare', row_to_json(NEW)::text);
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER trades_bare_notify AFTER INSERT ON trades FOR EACH ROW EXECUTE FUNCTION bench_bare_notify();
-"""
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ from typing import Any
 
 import asyncpg
 
-from .common import percentile
+from .capture import BARE_CHANNEL
+from .common import CHANNEL, percentile
 from .procs import HarnessError, Processes, Profiler, Server, Usage, Worker, busy_cpu, usage
 
 HUB, NAIVE, CEILING = "hub", "naive", "ceiling"
@@ -333,8 +334,7 @@ class Bench:
         """Inserts/s with 1 and 16 writers, for each trigger variant; median of `s6_rounds` rounds."""
         assert self.writer is not None
         plan = self.plan
-        channels = {"hub": "zepix_hub_events", "none": None, "bare": "zepix_bench_bare",
-                    "nolock": "zepix_hub_events", "previous": "zepix_hub_events"}
+        channels = {"hub": CHANNEL, "none": None, "bare": BARE_CHANNEL, "nolock": CHANNEL, "previous": CHANNEL}
         rates: dict[tuple[str, int], list[float]] = {}
         for writers, per in ((1, plan.s6_single), (16, plan.s6_each)):
             for _ in range(plan.s6_rounds):
