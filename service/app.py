@@ -30,7 +30,7 @@ from . import migrate
 from .asgi import TransportAbort
 from .auth import Verifier, verification_key
 from .connections import ConnectionManager
-from .database import create_pool, resolve_dsn
+from .database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
 from .durations import parse_duration
 from .frames import CLOSE_GOING_AWAY, Frame, live_event
 from .heartbeat import Heartbeat
@@ -224,13 +224,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.add_middleware(TransportAbort)
     return app
-
-
-# What a request meets while PostgreSQL restarts or is away: the client should retry, not see a 500.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, asyncpg.InterfaceError,
-    OSError, TimeoutError,
-)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,13 @@ from .settings import Settings
 
 APPLICATION_NAME = "zepix-hub"
 
+#: What a read meets while PostgreSQL restarts or is away (TimeoutError is an OSError): HTTP answers 503 and a
+#: resume closes 1013, both meaning "retry shortly"; any other database error is a bug and surfaces as one.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError, OSError,  # too many connections, out of memory, disk full
+)
+
 
 def resolve_dsn(settings: Settings) -> str:
     """The libpq-style DSN the hub uses; starts the embedded server when no URL is configured."""

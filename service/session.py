@@ -23,6 +23,7 @@ from . import __version__
 from .asgi import abort_of, direct_of
 from .auth import Principal
 from .connections import Client
+from .database import DATABASE_UNAVAILABLE
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
 from .frames import (
     CLOSE_BAD_REQUEST,
@@ -235,15 +236,10 @@ class Session:
             await client.send_now(control("replayed", since=since, head=exc.head, count=count,
                                           recovered=False, reason="pruned during replay").text)
             return
-        except (TimeoutError, OSError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             client.request_close(1013, f"database unavailable; retry with since={client.delivered}")
             log.warning("client %s resume failed: %s", client.id, exc, extra={"conn": client.id})
             return
-        except Exception as exc:
-            if type(exc).__module__.startswith("asyncpg"):
-                client.request_close(1013, f"database unavailable; retry with since={client.delivered}")
-                return
-            raise
         hub.metrics.resumed(True, count)
         await client.send_now(control("replayed", since=since, head=max(client.delivered, since), count=count,
                                       recovered=True).text)
