@@ -64,7 +64,6 @@ class Hub:
     def __init__(self, settings: Settings, verifier: Verifier, dsn: str, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.verifier = verifier
-        self.dsn = dsn
         self.pool = pool
         self.metrics = Metrics()
         self.store = EventStore(pool)
@@ -73,7 +72,6 @@ class Hub:
         self.heartbeat = Heartbeat(settings.heartbeat_s, broadcast=self.manager.broadcast, extras=self._extras)
         self.oldest_hint = 0
         self.head_hint = 0
-        self.started_at = time.time()
         self._queue_peak = 0
         self._tasks: list[asyncio.Task[None]] = []
 

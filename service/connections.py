@@ -51,15 +51,14 @@ class Client:
 
     __slots__ = (
         "_abort", "_close", "_send", "_sender", "_settings", "close_code", "close_request", "delivered", "direct",
-        "id", "idle", "interrupted", "peak_depth", "prelude", "queue", "queued_bytes", "sending_since", "subject",
-        "topics", "wake",
+        "id", "idle", "interrupted", "peak_depth", "prelude", "queue", "queued_bytes", "sending_since", "topics",
+        "wake",
     )
 
     def __init__(self, settings: Settings, *, send: SendText, close: CloseSocket,
-                 abort: Callable[[], None], topics: frozenset[str], subject: str,
-                 delivered: int, prelude: Prelude | None = None, direct: DirectSocket | None = None) -> None:
+                 abort: Callable[[], None], topics: frozenset[str], delivered: int,
+                 direct: DirectSocket | None = None) -> None:
         self.id = f"c{next(_ids)}"
-        self.subject = subject
         self.topics: frozenset[str] = topics
         self.queue: deque[Frame] = deque()
         self.queued_bytes = 0
@@ -70,7 +69,7 @@ class Client:
         self.close_code: int | None = None
         self.sending_since: float | None = None
         self.interrupted = False
-        self.prelude = prelude
+        self.prelude: Prelude | None = None  # set by the session: the resume replay, run first by the sender
         self._settings = settings
         self._send = send
         self._close = close

@@ -54,8 +54,6 @@ class Listener:
         self.last_seq = 0
         self.up = False
         self.first_up = asyncio.Event()  # set once the first LISTEN and catch-up succeeded
-        self.reconnects = 0
-        self.dispatched = 0
 
     async def start_position(self) -> None:
         """Begin at the current head: older events reach clients through resume, not live."""
@@ -102,7 +100,6 @@ class Listener:
                     with contextlib.suppress(Exception):
                         conn.terminate()
             self._set_up(False)
-            self.reconnects += 1
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self._settings.reconnect_max_s)
 
@@ -171,5 +168,4 @@ class Listener:
     def _emit(self, frame: Frame) -> None:
         assert frame.seq is not None
         self.last_seq = frame.seq
-        self.dispatched += 1
         self._dispatch(frame)

@@ -167,7 +167,7 @@ class Session:
         head = hub.listener.last_seq
         client = Client(
             settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope), direct=direct_of(ws.scope),
-            topics=topics, subject=principal.subject, delivered=head,
+            topics=topics, delivered=head,
         )
         welcome = control(
             "welcome", session=client.id, sub=principal.subject, topics=sorted(topics), head=head,
