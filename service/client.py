@@ -285,6 +285,10 @@ class HubClient:
                 reason = _describe(exc)
             else:
                 self._sockets.add(ws)
+                if self._closing.is_set():  # aclose() ran while we connected: it could not see this socket
+                    self._sockets.discard(ws)
+                    await _close_quietly(ws)
+                    return
                 opened = loop.time()
                 asked_since = self._cursor
                 welcome_head: int | None = None

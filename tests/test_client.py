@@ -326,8 +326,26 @@ async def test_aclose_from_another_task_ends_the_iteration(hub: RunningHub) -> N
             seen.append(item)
 
     task = asyncio.create_task(consume())
-    await until(lambda: len(hub.hub.manager) == 1)
+    await until(lambda: len(hub.hub.manager) == 1 and bool(seen))
     await client.aclose()
     await asyncio.wait_for(task, 10)  # ends without an exception and without reconnecting
     assert [type(i) for i in seen] == [Connected]
+    await until(lambda: len(hub.hub.manager) == 0)
+
+
+async def test_aclose_while_the_socket_is_still_opening_ends_the_iteration(hub: RunningHub) -> None:
+    """aclose() between the TCP connect and the iteration's first read must not leave the iterator waiting
+    on a socket nobody closes."""
+    client = HubClient(hub.http, hub.token(), topics=PERSISTED)
+    seen: list[Any] = []
+
+    async def consume() -> None:
+        async for item in client:
+            seen.append(item)
+
+    task = asyncio.create_task(consume())
+    await until(lambda: len(hub.hub.manager) == 1)  # the hub accepted; the client may not have its socket yet
+    await client.aclose()
+    await asyncio.wait_for(task, 10)
+    assert [type(i) for i in seen] in ([], [Connected])
     await until(lambda: len(hub.hub.manager) == 0)
