@@ -289,7 +289,7 @@ class ConnectionManager:
     def broadcast(self, frame: Frame) -> int:
         """Queue `frame` for every client subscribed to its topic. Never awaits; returns the fan-out."""
         assert frame.topic is not None
-        targets = self._by_topic[frame.topic]
+        targets = self._by_topic.get(frame.topic, ())  # a topic this hub does not know (a newer schema's)
         for client in targets:
             client.offer(frame)
         return len(targets)

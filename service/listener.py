@@ -1,12 +1,16 @@
 """The listener: one dedicated LISTEN connection per hub process, turning NOTIFY into ordered frames.
 
-NOTIFY is only a wake-up and a shortcut. A notification that carries the whole
-frame of the very next seq is dispatched as is; anything else (a stub for a big
-event, a gap, a malformed payload, the 1 s safety-net timer, a reconnect)
-reads `seq > last_seq` from the event store, which is the truth. Because seq
-order is commit order (docs/adr/0001-commit-ordered-seq.md), reading after the
-last dispatched seq never misses an event, and dispatching in seq order means
-every client sees one order, the same in every hub process.
+NOTIFY is only a wake-up. Every frame a client gets is read from the event
+store (`seq > last_seq`, in seq order), never taken from a notification's
+payload: PostgreSQL lets any role that can connect NOTIFY any channel, so a
+payload proves nothing, and trusting one would let a stray or forged NOTIFY
+with the next seq push a real event aside for every live client. A
+notification, whatever it carries, only says "read now"; notifications that
+arrive during a read are folded into the next one, so under load one read
+drains many commits. The 1 s safety-net timer and every reconnect read too.
+Because seq order is commit order (docs/adr/0001-commit-ordered-seq.md),
+reading after the last dispatched seq never misses an event, and dispatching
+in seq order means every client sees one order, the same in every hub process.
 
 Ownership and failure: the app's lifespan starts `run()` as a task and cancels
 it on shutdown. The connection is not from the pool (a pooled connection runs
@@ -20,10 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 
 import asyncpg
@@ -46,7 +48,6 @@ class Listener:
         self._settings = settings
         self._dispatch = dispatch
         self._on_state = on_state
-        self._pending: deque[tuple[int, str, str | None]] = deque()
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._needs_read = False
@@ -60,17 +61,9 @@ class Listener:
         self.last_seq = (await self._store.position()).head
 
     # -- asyncpg callbacks: plain functions, so asyncpg calls them in order; they only record --------
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            head = json.loads(payload)
-            seq, topic = head["seq"], head["topic"]
-            if not isinstance(seq, int) or not isinstance(topic, str):
-                raise ValueError
-            text = payload if head.get("type") == "event" else None
-            self._pending.append((seq, topic, text))
-            self._heard = True
-        except Exception:
-            self._needs_read = True  # not ours or not understood: the table knows
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._needs_read = True
+        self._heard = True
         self._wake.set()
 
     def _on_terminate(self, _conn: object) -> None:
@@ -87,7 +80,7 @@ class Listener:
                 self._lost.clear()
                 conn.add_termination_listener(self._on_terminate)
                 await conn.add_listener(CHANNEL, self._on_notify)
-                await self._catch_up()  # after LISTEN: whatever committed meanwhile is read or notified
+                await self._catch_up(conn)  # after LISTEN: whatever committed meanwhile is read or notified
                 self._set_up(True)
                 backoff = 0.1
                 await self._pump(conn)
@@ -124,13 +117,11 @@ class Listener:
             self._wake.clear()
             if self._lost.is_set() or conn.is_closed():
                 raise ConnectionError("listener connection terminated")
-            self._drain_pending()
             now = loop.time()
-            # The safety net only matters when notifications stopped: one that went missing while others
-            # keep coming shows up as a gap, which sets _needs_read. Skipping the read otherwise keeps a
-            # slow database off the live path.
+            # The safety net reads when notifications stopped coming (a lost one is then the only way an
+            # event could wait); while they come, each one already causes a read.
             if self._needs_read or (now >= next_poll and not self._heard):
-                await self._catch_up()
+                await self._catch_up(conn)
             if now >= next_poll:
                 self._heard = False
                 next_poll = loop.time() + poll
@@ -139,31 +130,17 @@ class Listener:
                 await conn.fetchval("SELECT 1", timeout=min(5.0, health_every))
                 next_health = loop.time() + health_every
 
-    def _drain_pending(self) -> None:
-        pending = self._pending
-        while pending:
-            seq, topic, text = pending.popleft()
-            if seq <= self.last_seq:
-                continue
-            if seq == self.last_seq + 1 and text is not None:
-                self._emit(Frame(topic, seq, text))
-                continue
-            # A stub, or a gap (a rolled-back seq, or a notification we never got): read the table.
-            self._needs_read = True
-            pending.clear()
-
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Dispatch every committed event after last_seq, in order, page by page."""
-        self._needs_read = False
+        self._needs_read = False  # a notification arriving during the read sets it again: read once more
         page = self._settings.replay_page
         while True:
-            result = await self._store.read_page_unchecked(self.last_seq, page)
+            result = await self._store.read_live(conn, self.last_seq, page)
             for ev in result:
                 if ev.seq > self.last_seq:
                     self._emit(Frame(ev.topic, ev.seq, ev.frame))
             if len(result) < page:
                 break
-        self._drain_pending()  # notifications that arrived during the read; duplicates are skipped
 
     def _emit(self, frame: Frame) -> None:
         assert frame.seq is not None

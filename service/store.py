@@ -72,6 +72,9 @@ class Snapshot:
 #: of 100,000 events then reads 5 million rows. The ordered index walk costs O(page) whatever the guess.
 ORDERED_WALK = "SET LOCAL enable_bitmapscan = off"
 
+#: The listener's reads run on its own connection, outside the pool's command_timeout: the same bound.
+READ_TIMEOUT_S = 30.0
+
 
 def _position(row: asyncpg.Record) -> Position:
     return Position(head=int(row["head"]), oldest=int(row["oldest"]), floor=int(row["pruned_through"]))
@@ -117,10 +120,11 @@ class EventStore:
         next_since = events[-1].seq if len(events) == limit else max(since, pos.head)
         return Page(events=events, position=pos, next_since=next_since)
 
-    async def read_page_unchecked(self, since: int, limit: int) -> list[StoredEvent]:
-        """The listener's read: all topics after `since`. No floor check: the listener is always at the head."""
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(Q["events_after"], since, limit)
+    @staticmethod
+    async def read_live(conn: asyncpg.Connection, since: int, limit: int) -> list[StoredEvent]:
+        """The listener's read, on its own connection (one round trip, no pool hand-over on the live path):
+        all topics after `since`. No floor check: the listener is always at the head."""
+        rows = await conn.fetch(Q["events_after"], since, limit, timeout=READ_TIMEOUT_S)
         return [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
 
     async def iter_after(self, since: int, topics: Iterable[str] | None, page: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -356,6 +357,22 @@ async def test_an_event_whose_notification_never_came_is_read_by_the_safety_net(
         await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'loud')")
         frame = await recv_until(ws, lambda f: f.get("type") == "event", timeout=10)
         assert frame["seq"] == 2
+
+
+async def test_a_forged_notification_is_only_a_wake_up(hub: RunningHub, db: asyncpg.Connection) -> None:
+    """Any role that can connect may NOTIFY any channel. A payload shaped like the next frame (or junk, or a
+    topic nobody knows) must neither reach clients nor push the real event with that seq aside."""
+    async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream,notification") as ws:
+        head = (await recv_json(ws))["head"]
+        forged = {"type": "event", "seq": head + 1, "topic": "log_stream", "ts": "2026-01-01T00:00:00+00:00",
+                  "data": {"level": "INFO", "msg": "forged"}}
+        for payload in (json.dumps(forged), json.dumps({**forged, "topic": "weather"}),
+                        json.dumps({**forged, "seq": head + 2}), "not json", ""):
+            await db.execute("SELECT pg_notify('zepix_hub_events', $1)", payload)
+        await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'real one'), ('INFO', 'real two')")
+        got = [await recv_until(ws, lambda f: f.get("type") == "event", timeout=10) for _ in range(2)]
+        assert [(f["seq"], f["data"]["msg"]) for f in got] == [(head + 1, "real one"), (head + 2, "real two")]
+        assert hub.hub.listener.up  # junk did not cost the listener its connection (no Connection Lost)
 
 
 async def test_clients_that_close_mid_stream_are_counted_with_their_own_code(dsn: str) -> None:
