@@ -72,7 +72,11 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
         return True
     if allowed:
         return origin.rstrip("/") in {a.rstrip("/") for a in allowed}
-    return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # e.g. "http://[": not a URL, so not the hub's own origin
+        return False
+    return bool(host) and netloc.lower() == (host or "").lower()
 
 
 class _RateLimit:
@@ -95,7 +99,7 @@ class _RateLimit:
 def _parse_since(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_SEQ:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_SEQ:
         raise ValueError("since must be a non-negative integer (a seq)")
     return int(raw)
 
@@ -219,12 +223,16 @@ class Session:
                 batch: list[str] = []
                 last = client.delivered
                 async for ev in hub.store.iter_after(since, persisted, page):
+                    if client.close_request is not None:
+                        return  # closing (4001, 1008, 4008, 1001...): the sender closes once we return
                     batch.append(ev.frame)
                     last = ev.seq
                     count += 1
                     if len(batch) >= page:  # a page per write, not an await per event
                         await client.send_many(batch)
                         client.delivered, batch = last, []
+                if client.close_request is not None:
+                    return
                 if batch:
                     await client.send_many(batch)
                     client.delivered = last

@@ -88,6 +88,8 @@ async def test_narrow_token_topics(hub: RunningHub) -> None:
     ("since=-3", 4400, "invalid_since"),
     ("since=abc", 4400, "invalid_since"),
     ("since=" + "9" * 30, 4400, "invalid_since"),
+    ("since=%D9%A1", 4400, "invalid_since"),  # an Arabic-Indic one: a digit to str.isdigit, not a seq
+    ("since=%C2%B2", 4400, "invalid_since"),  # a superscript two
 ])
 async def test_bad_query_parameters(hub: RunningHub, query: str, code: int, error_code: str) -> None:
     async with await connect(f"{hub.ws}?token={hub.token()}&{query}") as ws:
@@ -138,6 +140,24 @@ async def test_oversized_frame_closes_1009_and_flood_closes_1008(hub: RunningHub
             assert (code, reason) == (1008, "rate limit exceeded")
         await other.send('{"type": "ping"}')
         assert (await recv_json(other))["type"] == "pong"
+
+
+async def test_a_close_during_a_resume_does_not_wait_for_the_replay(dsn: str, db: asyncpg.Connection) -> None:
+    """A flood (1008) in the middle of a long replay closes at once, not after thousands more events."""
+    await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'missed ' || g FROM generate_series(1, 3000) g")
+    async with running_hub(dsn, replay_page=1, client_rate=1, client_burst=5) as hub:
+        async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream&since=0") as ws:
+            for _ in range(20):
+                await ws.send('{"type": "ping"}')
+            replayed, types = 0, set()
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    frame = await recv_json(ws, 30)
+                    types.add(frame["type"])
+                    replayed += frame["type"] == "event" and frame["seq"] is not None
+            assert info.value.rcvd is not None
+            assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "rate limit exceeded")
+            assert "replayed" not in types and replayed < 3000, (replayed, types)
 
 
 async def _writer(dsn: str, stop: asyncio.Event, pace: float = 0.002) -> int:
