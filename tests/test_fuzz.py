@@ -259,8 +259,10 @@ oversize = st.integers(MAX_FRAME_BYTES - 40, MAX_FRAME_BYTES + 4000).map(
 
 # -- the test -----------------------------------------------------------------------------------------------
 
-def _next_reply(ws: ClientConnection) -> dict[str, Any]:
-    """The next frame that is not an event (events for the fuzz client's topics interleave freely)."""
+def _next_reply(ws: ClientConnection, topics: frozenset[str], seen: Counter[str]) -> dict[str, Any]:
+    """The next frame that is not an event. Events interleave freely, but each must be of `topics`, the
+    set the hub last confirmed: it changes topics and queues its answer in one step, so every event
+    queued before the answer matches the old set and every event after it the new one."""
     deadline = time.monotonic() + 15
     while True:
         raw = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
@@ -269,7 +271,8 @@ def _next_reply(ws: ClientConnection) -> dict[str, Any]:
         assert isinstance(frame, dict) and isinstance(frame.get("type"), str), raw
         if frame["type"] != "event":
             return frame
-        assert frame["topic"] in ALL_TOPICS and ("seq" in frame) and isinstance(frame.get("data"), dict), raw
+        assert frame["topic"] in topics and ("seq" in frame) and isinstance(frame.get("data"), dict), (topics, raw)
+        seen[frame["topic"]] += 1
 
 
 def test_fuzzed_frames_get_documented_answers_and_disturb_nobody(dsn: str) -> None:
@@ -277,6 +280,7 @@ def test_fuzzed_frames_get_documented_answers_and_disturb_nobody(dsn: str) -> No
     loggers = [logging.getLogger(name) for name in HUB_LOGGERS]
     sent: dict[str, int] = {"frames": 0, "connections": 0, "closes_1009": 0}
     replies: Counter[str] = Counter()
+    seen: Counter[str] = Counter()  # events the fuzz client received, by topic
     try:
         with HubThread(dsn) as thread:
             # Attach only now: starting the hub applies its logging config, which drops earlier handlers.
@@ -314,6 +318,7 @@ def test_fuzzed_frames_get_documented_answers_and_disturb_nobody(dsn: str) -> No
             def one_client(batch: list[tuple[str, str | bytes]], tail: tuple[str, str] | None) -> None:
                 with sync_connect(url, open_timeout=10, close_timeout=2, max_size=None) as ws:
                     model = welcome(ws)
+                    confirmed = model.topics
                     for kind, payload in [*batch, *([tail] if tail else [])]:
                         if kind == "wsping":
                             assert ws.ping().wait(10), "no pong to a WebSocket ping"
@@ -323,13 +328,13 @@ def test_fuzzed_frames_get_documented_answers_and_disturb_nobody(dsn: str) -> No
                         sent["frames"] += 1
                         if want[0] == "close":
                             try:
-                                reply = _next_reply(ws)
+                                reply = _next_reply(ws, confirmed, seen)
                                 raise AssertionError(f"expected close {want[1]}, got {reply}")
                             except ConnectionClosed as exc:
                                 assert exc.rcvd is not None and exc.rcvd.code == want[1], exc
                             sent["closes_1009"] += 1
                             return
-                        reply = _next_reply(ws)
+                        reply = _next_reply(ws, confirmed, seen)
                         replies[reply.get("code") or reply["type"]] += 1
                         if want[0] == "error":
                             assert (reply["type"], reply.get("code")) == want, (payload[:200], reply)
@@ -338,8 +343,9 @@ def test_fuzzed_frames_get_documented_answers_and_disturb_nobody(dsn: str) -> No
                             assert reply == {"type": "pong"}, (payload[:200], reply)
                         else:
                             assert (reply["type"], reply["topics"]) == want, (payload[:200], reply)
+                            confirmed = frozenset(reply["topics"])
                     ws.send('{"type": "ping"}')  # still attached after the whole batch
-                    assert _next_reply(ws) == {"type": "pong"}
+                    assert _next_reply(ws, confirmed, seen) == {"type": "pong"}
 
             started = time.monotonic()
             one_client()
@@ -357,11 +363,14 @@ def test_fuzzed_frames_get_documented_answers_and_disturb_nobody(dsn: str) -> No
                     break
                 time.sleep(0.05)
             assert len(hub.hub.manager) == 0
-        print(f"fuzz: {sent} in {fuzz_seconds:.1f}s; replies {dict(replies)}; observer saw {len(truth)} events")
+        print(f"fuzz: {sent} in {fuzz_seconds:.1f}s; replies {dict(replies)}; observer saw {len(truth)} events; "
+              f"fuzz client saw {dict(seen)}")
         assert sent["frames"] >= 2000 and sent["closes_1009"] > 0, sent
         # Every documented answer came up, so every branch of the message handling ran.
         assert set(replies) >= {"pong", "topics", "refreshed", "invalid_json", "invalid_message", "unknown_type",
                                 "unknown_topic", "forbidden_topic", "refresh_rejected", "binary_not_supported"}, replies
+        # The topic check above ran on a real stream, not an empty one.
+        assert seen["log_stream"] > 20 and set(seen) <= ALLOWED, seen
         assert handler.bad() == [], handler.bad()[:10]
     finally:
         for logger in loggers:
