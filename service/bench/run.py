@@ -198,9 +198,9 @@ def _git() -> str:
 
 
 async def _main(plan: Plan, chosen: list[str], embedded: bool) -> int:
+    db = await _database(embedded)  # first: a database that does not answer leaves nothing behind
     workdir = Path(tempfile.mkdtemp(prefix="zepix-bench-"))
     procs = Processes(workdir)
-    db = await _database(embedded)
     bench: Bench | None = None
     started = time.monotonic()
     results: dict[str, Any] = {}

@@ -724,7 +724,7 @@
 
   const net = {
     ws: null, gen: 0, attempt: 0, timer: null, stopped: true, reloading: false, buffer: null,
-    lastFrameAt: 0, pingSentAt: 0, heartbeatMs: 5000, everLive: false, watchdog: null, needReload: false, starts: 0,
+    lastFrameAt: 0, pingSentAt: 0, heartbeatMs: 5000, everLive: false, needReload: false, starts: 0,
   };
 
   function wsUrl() {
@@ -981,7 +981,7 @@
     window.addEventListener('online', hurry);
     document.addEventListener('visibilitychange', () => { if (!document.hidden) hurry(); });
     setInterval(refreshAges, 15000);
-    net.watchdog = setInterval(watchdog, 1000);
+    setInterval(watchdog, 1000);
   }
 
   // A read-only window for tests and for operators poking at the console.
