@@ -11,6 +11,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 _PATTERNS = (
     (re.compile(r"(?i)([?&]token=)[^&\s\"']*"), r"\1[REDACTED]"),
@@ -24,9 +25,30 @@ _PATTERNS = (
 _WIRE_IN = "< %s"
 
 
+# Percent-encoding hides a token from the patterns above but not from the hub, which decodes query keys and
+# values: `?tok%65n=%65yJ...` is a token= parameter. Encoded keys and runs are decoded before matching.
+_QUERY_PARAM = re.compile(r"([?&])((?:[A-Za-z0-9_.~+\-]|%[0-9A-Fa-f]{2})+)=([^&\s\"'#]*)")
+_ENCODED_RUN = re.compile(r"[A-Za-z0-9_.~\-]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9_.~\-]*)+")
+_JWT = _PATTERNS[2][0]
+
+
+def _encoded_token_param(match: re.Match[str]) -> str:
+    if unquote_plus(match.group(2)).lower() == "token":
+        return f"{match.group(1)}{match.group(2)}=[REDACTED]"
+    return match.group(0)
+
+
+def _encoded_jwt(match: re.Match[str]) -> str:
+    return "[REDACTED-JWT]" if _JWT.search(unquote(match.group(0))) else match.group(0)
+
+
 def redact(text: str) -> str:
+    """The text with every token-shaped part replaced, plain or percent-encoded."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
+    if "%" in text:
+        text = _QUERY_PARAM.sub(_encoded_token_param, text)
+        text = _ENCODED_RUN.sub(_encoded_jwt, text)
     return text
 
 
@@ -45,6 +67,19 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """The text format, redacting the whole line: tracebacks and stacks never pass the filter."""
+
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return redact(super().formatStack(stack_info))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -58,13 +93,16 @@ class JsonFormatter(logging.Formatter):
             entry["conn"] = conn
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        entry["msg"] = redact(entry["msg"])
         return json.dumps(entry, ensure_ascii=False)
 
 
 def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
     """A dictConfig for the hub and uvicorn, every handler behind RedactTokens."""
     formatter = {"()": JsonFormatter} if fmt == "json" else {
-        "format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+        "()": TextFormatter, "format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
     return {
         "version": 1,
         "disable_existing_loggers": False,

@@ -14,9 +14,11 @@ import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -272,3 +274,77 @@ async def test_in_process_hub_records_carry_no_token(dsn: str, fmt: str, in_band
     if fmt == "json":
         for line in output.splitlines():
             assert isinstance(json.loads(line), dict), line
+
+
+# -- tokens that reach a log line by a side door ----------------------------------------------------------------
+
+async def _malformed_subprotocol_handshake(port: int, token: str) -> str:
+    """A handshake whose Sec-WebSocket-Protocol cannot be parsed: websockets logs a traceback quoting it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write((
+            "GET /ws/live HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: bearer, {token};;\r\n\r\n").encode())
+        await writer.drain()
+        return (await asyncio.wait_for(reader.read(200), 10)).decode(errors="replace").split("\r\n")[0]
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_tracebacks_and_percent_encoded_tokens_are_redacted(dsn: str, tmp_path: Path, fmt: str) -> None:
+    log_path = tmp_path / "hub.log"
+    proc = HubProcess(dsn, log_path, HUB_LOG_LEVEL="DEBUG", HUB_LOG_FORMAT=fmt).start()
+    settings = load_settings(jwt_secret=SECRET)
+    header_token = mint(settings, SECRET, subject="log-bad-subprotocol", ttl_s=600)
+    encoded_token = mint(settings, SECRET, subject="log-encoded-query", ttl_s=600)
+    try:
+        assert await _malformed_subprotocol_handshake(proc.port, header_token) == "HTTP/1.1 400 Bad Request"
+        # The hub decodes query keys and values: this is ?token=<JWT>, and it is accepted.
+        async with await connect(f"{proc.ws}?tok%65n=%65{encoded_token[1:]}") as ws:
+            assert (await recv_json(ws))["sub"] == "log-encoded-query"
+    finally:
+        assert proc.terminate() == 0
+    text = log_path.read_text()
+    assert "InvalidHeaderFormat" in text  # the traceback is still logged, only redacted
+    assert "tok%65n=[REDACTED]" in text
+    for name, token in (("subprotocol", header_token), ("encoded", encoded_token)):
+        for part in token.split(".")[1:]:
+            assert part[:16] not in text and part[-16:] not in text, (name, text[-3000:])
+    assert JWT_LIKE.findall(text) == []
+
+
+def _exc_info(message: str) -> Any:
+    try:
+        raise ValueError(message)
+    except ValueError:
+        return sys.exc_info()
+
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4IiwiZXhwIjo5OTk5OTk5OTk5fQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+
+
+@pytest.mark.parametrize("text, survives", [
+    (f"GET /ws/live?tok%65n={JWT}", "tok%65n=[REDACTED]"),
+    ("GET /ws/live?%74%6F%6B%65%6E=opaque-secret&since=3", "&since=3"),
+    (f"GET /x?a=%65{JWT[1:]}", "GET /x?a="),
+    (f"GET /x?a={JWT.replace('e', '%65')}", "GET /x?a="),
+    (f"invalid Sec-WebSocket-Protocol header: bearer, {JWT};;", "bearer, [REDACTED]"),
+    ("100% of 50% is 50%", "100% of 50% is 50%"),
+])
+def test_redaction_sees_through_percent_encoding_and_tracebacks(text: str, survives: str) -> None:
+    from service.logconfig import JsonFormatter, TextFormatter, redact
+
+    secrets = [JWT.split(".")[1], JWT.split(".")[2], "opaque-secret"]
+    cleaned = redact(text)
+    assert survives in cleaned
+    assert not any(s in cleaned for s in secrets), cleaned
+    # The same text in an exception and a stack, through both formatters: nothing bypasses redaction.
+    record = logging.LogRecord("uvicorn.error", logging.DEBUG, __file__, 1, "handshake failed: %s", (text,),
+                               _exc_info(text), sinfo=f"Stack (most recent call last):\n  {text}")
+    for formatter in (TextFormatter("%(levelname)s %(name)s: %(message)s"), JsonFormatter()):
+        record.exc_text = None
+        line = formatter.format(record)
+        assert not any(s in line for s in secrets), (type(formatter).__name__, line)
+        assert "ValueError" in line
