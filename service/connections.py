@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from starlette.websockets import WebSocketDisconnect
 
 from .asgi import DirectSocket
-from .frames import CLOSE_TOO_SLOW, Frame, ws_text_frame
+from .frames import CLOSE_INTERNAL_ERROR, CLOSE_TOO_SLOW, Frame, ws_text_frame
 from .settings import Settings
 from .topics import ALL_TOPICS
 
@@ -134,11 +134,11 @@ class Client:
             # The peer went away mid-write: the session's receive loop sees its close and ends the session.
             log.debug("client %s gone while sending: %s", self.id, type(exc).__name__)
         except Exception as exc:
-            # Anything else must not leave a connected client without a sender: close it so it reconnects
-            # and resumes.
-            log.debug("client %s sender stopped: %s", self.id, type(exc).__name__)
+            # Anything else is a bug (logged as one) and must not leave a connected client without a sender:
+            # close it so it reconnects and resumes.
+            log.error("client %s sender failed, closing 1011: %s", self.id, type(exc).__name__, exc_info=True)
             with contextlib.suppress(Exception):
-                await self._do_close(1011, f"internal error; resume with since={self.delivered}")
+                await self._do_close(CLOSE_INTERNAL_ERROR, f"internal error; resume with since={self.delivered}")
         finally:
             self.sending_since = None
 

@@ -21,6 +21,8 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # hub shutting down: reconnect (elsewhere) and resume with since
 CLOSE_POLICY = 1008  # rate limit exceeded
 CLOSE_TOO_BIG = 1009  # client frame over the size limit
+CLOSE_INTERNAL_ERROR = 1011  # a bug in the hub's sender for this client: reconnect with since=<last seq>
+CLOSE_TRY_AGAIN = 1013  # database unavailable during a resume: retry with the since in the reason
 CLOSE_UNAUTHORIZED = 4001  # token missing, invalid or expired: get a new token
 CLOSE_FORBIDDEN = 4003  # origin not allowed, or topics the token does not allow
 CLOSE_TOO_SLOW = 4008  # the client fell behind: reconnect with since=<last seq>
@@ -55,7 +57,8 @@ def utc_now_iso() -> str:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON; NaN/Infinity raise ValueError here, since browsers' JSON.parse rejects the frame."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def live_event(topic: str, data: dict[str, Any]) -> Frame:

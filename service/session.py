@@ -30,6 +30,7 @@ from .frames import (
     CLOSE_FORBIDDEN,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
     MAX_SEQ,
     PONG,
@@ -245,7 +246,7 @@ class Session:
                                           recovered=False, reason="pruned during replay").text)
             return
         except DATABASE_UNAVAILABLE as exc:
-            client.request_close(1013, f"database unavailable; retry with since={client.delivered}")
+            client.request_close(CLOSE_TRY_AGAIN, f"database unavailable; retry with since={client.delivered}")
             log.warning("client %s resume failed: %s", client.id, exc, extra={"conn": client.id})
             return
         hub.metrics.resumed(True, count)

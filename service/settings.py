@@ -24,7 +24,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class Settings(BaseSettings):
     """The hub's configuration. See the README's configuration table for the meaning of each field."""
 
-    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore", populate_by_name=True)
+    # inf/nan are never a sane duration or rate, and `Infinity` in a JSON frame is rejected by browsers.
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("HUB_DATABASE_URL", "DATABASE_URL", "database_url")
@@ -43,27 +44,28 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_s: int = Field(default=0, ge=0, le=300)
-    max_token_bytes: int = Field(default=4096, ge=256)
+    max_token_bytes: int = Field(default=4096, ge=256, le=1024 * 1024)
 
     allowed_origins: Annotated[list[str], NoDecode] = []
 
-    heartbeat_s: float = Field(default=5.0, gt=0)
-    resume_cap: int = Field(default=10_000, ge=0)
+    heartbeat_s: float = Field(default=5.0, gt=0, le=86_400)
+    # Counts and sizes have ceilings: resume_cap + 1 reaches SQL as a bigint LIMIT, the rest sizes memory.
+    resume_cap: int = Field(default=10_000, ge=0, le=10**9)
     replay_page: int = Field(default=1000, ge=1, le=10_000)
-    queue_max_frames: int = Field(default=2000, ge=1)
-    queue_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    send_timeout_s: float = Field(default=2.0, gt=0)
-    max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    queue_max_frames: int = Field(default=2000, ge=1, le=10**7)
+    queue_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=2**40)
+    send_timeout_s: float = Field(default=2.0, gt=0, le=3600)
+    max_frame_bytes: int = Field(default=64 * 1024, ge=1024, le=2**30)
     client_rate: float = Field(default=20.0, gt=0)
-    client_burst: int = Field(default=60, ge=1)
-    ws_ping_interval_s: float = Field(default=20.0, gt=0)
-    ws_ping_timeout_s: float = Field(default=20.0, gt=0)
+    client_burst: int = Field(default=60, ge=1, le=10**6)
+    ws_ping_interval_s: float = Field(default=20.0, gt=0, le=86_400)
+    ws_ping_timeout_s: float = Field(default=20.0, gt=0, le=86_400)
 
-    listener_poll_s: float = Field(default=1.0, gt=0)
-    listener_health_s: float = Field(default=5.0, gt=0)
-    reconnect_max_s: float = Field(default=5.0, gt=0)
-    pool_min: int = Field(default=1, ge=0)
-    pool_max: int = Field(default=10, ge=1)
+    listener_poll_s: float = Field(default=1.0, gt=0, le=86_400)
+    listener_health_s: float = Field(default=5.0, gt=0, le=86_400)
+    reconnect_max_s: float = Field(default=5.0, gt=0, le=86_400)
+    pool_min: int = Field(default=1, ge=0, le=1000)
+    pool_max: int = Field(default=10, ge=1, le=1000)  # asyncpg allocates a slot per connection up front
 
     retention: str | None = None
     snapshot_logs: int = Field(default=200, ge=0, le=10_000)
