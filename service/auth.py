@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jose import jwt
+from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
 from .errors import AuthError, ConfigError, ForbiddenTopicError
@@ -133,15 +133,32 @@ def mint(settings: Settings, key: str, *, subject: str, ttl_s: float,
     return str(jwt.encode(claims, key, algorithm=settings.jwt_algorithms[0]))
 
 
-def _read_key(value: str) -> str:
+def _read_key(value: str, setting: str) -> str:
     """A key setting holds either PEM text or the path of a PEM file."""
     if "-----BEGIN" in value:
         return value
-    path = Path(value)
+    # Key material pasted without its PEM lines must not be echoed as a "file name".
+    shown = repr(value) if len(value) <= 200 and value.isprintable() else "(not PEM text, not a file name)"
     try:
-        return path.read_text()
+        return Path(value).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read key file {value!r}: {exc.strerror}") from None
+        raise ConfigError(f"{setting}: cannot read key file {shown}: {exc.strerror}") from None
+    except (UnicodeDecodeError, ValueError):  # a binary (DER) file, or NUL in the name
+        raise ConfigError(f"{setting}: key file {shown} is not PEM text") from None
+
+
+def _usable_key(key: str, settings: Settings, setting: str, *, signing: bool = False) -> str:
+    """Check the key suits the first algorithm now, so bad key material is a startup error, not a 4001 per token."""
+    algorithm = settings.jwt_algorithms[0]
+    try:
+        constructed = jwk.construct(key, algorithm)
+    except Exception:  # jose and cryptography raise assorted errors for key material they cannot load
+        what = "secret" if algorithm in HS_ALGORITHMS else "key (PEM text or the path of a PEM file)"
+        raise ConfigError(f"{setting} is not a valid {algorithm} {what}") from None
+    is_public = getattr(constructed, "is_public", None)  # asymmetric keys only
+    if signing and callable(is_public) and is_public():
+        raise ConfigError(f"{setting} holds a public key: minting {algorithm} tokens needs the private key")
+    return key
 
 
 def verification_key(settings: Settings) -> str:
@@ -150,7 +167,7 @@ def verification_key(settings: Settings) -> str:
         if settings.jwt_secret:
             if len(settings.jwt_secret) < 32 and not settings.dev_mode:
                 raise ConfigError("HUB_JWT_SECRET is too short: use at least 32 random characters")
-            return settings.jwt_secret
+            return _usable_key(settings.jwt_secret, settings, "HUB_JWT_SECRET")
         if settings.dev_mode:
             return dev_secret(settings.data_dir)
         raise ConfigError(
@@ -159,7 +176,7 @@ def verification_key(settings: Settings) -> str:
         )
     if not settings.jwt_public_key:
         raise ConfigError(f"HUB_JWT_ALGORITHMS={settings.jwt_algorithms[0]} needs HUB_JWT_PUBLIC_KEY (PEM or path)")
-    return _read_key(settings.jwt_public_key)
+    return _usable_key(_read_key(settings.jwt_public_key, "HUB_JWT_PUBLIC_KEY"), settings, "HUB_JWT_PUBLIC_KEY")
 
 
 def signing_key(settings: Settings) -> str:
@@ -168,7 +185,8 @@ def signing_key(settings: Settings) -> str:
         return verification_key(settings)
     if not settings.jwt_private_key:
         raise ConfigError("minting RS/ES tokens needs HUB_JWT_PRIVATE_KEY (PEM or path)")
-    return _read_key(settings.jwt_private_key)
+    key = _read_key(settings.jwt_private_key, "HUB_JWT_PRIVATE_KEY")
+    return _usable_key(key, settings, "HUB_JWT_PRIVATE_KEY", signing=True)
 
 
 def dev_secret(data_dir: Path) -> str:

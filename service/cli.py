@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,14 +34,19 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, maximum: int = 1_000_000) -> int:
+    """An integer 1..maximum: every count here ends up in SQL (bigint) or in a loop, so it has a ceiling."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if not 1 <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"must be 1-{maximum}, not {value}")
     return value
+
+
+def _workers(text: str) -> int:
+    return _positive_int(text, maximum=256)
 
 
 def _positive_float(text: str) -> float:
@@ -48,8 +54,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, not {text!r}")
     return value
 
 
@@ -117,14 +123,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_workers(config, args.workers, on_bound=announce)
         return EXIT_OK
 
-    async def main() -> None:
+    async def main() -> int | str | None:
         app = create_app(worker_settings)
         server = HubServer(uvicorn_config(app, worker_settings))
-        serving = asyncio.create_task(server.serve())
+
+        async def serve() -> int | str | None:
+            # uvicorn calls sys.exit() when it cannot bind or the app's startup fails. A SystemExit inside a
+            # task escapes the event loop and leaves the task's exception unretrieved (a traceback at exit).
+            try:
+                await server.serve()
+            except SystemExit as exc:
+                return exc.code
+            return None
+
+        serving = asyncio.create_task(serve())
         while not server.started:
             if serving.done():
-                await serving
-                return
+                return await serving
             await asyncio.sleep(0.05)
         announce(server.port)
         demo: asyncio.Task[None] | None = None
@@ -133,20 +148,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             demo = asyncio.create_task(run_demo(dsn, rate=args.rate))
         try:
-            await serving
+            return await serving
         finally:
             if demo is not None:
                 demo.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await demo
 
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(main())
-    except SystemExit as exc:  # uvicorn exits when it cannot bind or the app's startup fails
-        if exc.code not in (0, None):
-            raise HubError(f"the hub could not start on {settings.host}:{settings.port} "
-                           "(see the error above)") from None
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        code = runner.run(main())
+    if code not in (0, None):
+        raise HubError(f"the hub could not start on {settings.host}:{settings.port} (see the error above)")
     return EXIT_OK
 
 
@@ -168,7 +180,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .database import connect
+    from .database import connect, reported
     from .durations import parse_duration
     from .store import prune
 
@@ -182,7 +194,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
 
-    deleted, floor = asyncio.run(main())
+    with reported(dsn):
+        deleted, floor = asyncio.run(main())
     print(f"pruned {deleted} events older than {args.older_than}; retention floor is seq {floor}")
     return EXIT_OK
 
@@ -198,16 +211,19 @@ def cmd_token(args: argparse.Namespace) -> int:
     except UnknownTopicError as exc:
         raise ConfigError(f"--topics: {exc}") from None
     ttl = parse_duration(args.ttl).total_seconds()
+    if ttl < 1:  # exp has whole seconds: a shorter lifetime would mint a token that is already expired
+        raise ConfigError(f"--ttl {args.ttl!r} is too short: a token must live at least 1s")
     print(mint(settings, signing_key(settings), subject=args.sub, ttl_s=ttl, topics=topics))
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .database import reported
     from .demo import run_demo
 
     dsn = _dsn(_settings())
     print(f"demo feed writing about {args.rate} operations/s; Ctrl-C to stop", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt), reported(dsn):
         asyncio.run(run_demo(dsn, rate=args.rate))
     return EXIT_OK
 
@@ -235,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "Run the hub (migrating the database first unless HUB_AUTO_MIGRATE=false).")
     p.add_argument("--host", help="interface to bind (default HUB_HOST or 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port to bind (default HUB_PORT or 8000; 0 = any free port)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--workers", type=_workers, default=1, help="worker processes (default 1, at most 256)")
     p.add_argument("--demo", action="store_true", help="also run the simulated trading bot")
     p.add_argument("--rate", type=_positive_float, default=3.0, help="demo operations per second (default 3)")
 
@@ -247,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("prune", cmd_prune, "Delete old events in small batches and move the retention floor.")
     p.add_argument("--older-than", required=True, help="age, e.g. 7d, 12h")
-    p.add_argument("--batch", type=_positive_int, default=5000, help="rows per transaction (default 5000)")
+    p.add_argument("--batch", type=_positive_int, default=5000,
+                   help="rows per transaction (default 5000, at most 1000000)")
 
     p = add("token", cmd_token, "Mint a JWT with the configured key.")
     p.add_argument("--sub", required=True, help="subject (who the token is for)")
@@ -287,14 +304,14 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .logconfig import JsonFormatter, RedactTokens
+    from .logconfig import JsonFormatter, RedactTokens, TextFormatter
 
     # Lines logged before uvicorn installs the hub's config (embedded database, migrations, the event
     # loop's own) get the same redaction and, with HUB_LOG_FORMAT=json, the same one-object-per-line shape.
     early = logging.StreamHandler()
     early.addFilter(RedactTokens())
     early.setFormatter(JsonFormatter() if os.environ.get("HUB_LOG_FORMAT", "text").strip().lower() == "json"
-                       else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+                       else TextFormatter("%(levelname)s %(name)s: %(message)s"))
     level = os.environ.get("HUB_LOG_LEVEL", "INFO").strip().upper()
     # A bad HUB_LOG_LEVEL is reported by the settings as a configuration error (exit 2), not here.
     logging.basicConfig(level=level if level in LOG_LEVELS else "INFO", handlers=[early])

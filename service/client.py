@@ -152,16 +152,32 @@ def live_url(url: str) -> str:
     """Normalise a hub URL (http, https, ws or wss; with or without /ws/live) to its ws(s)://.../ws/live.
 
     A path prefix (a hub behind a reverse proxy at /hub/) is kept; query and fragment are dropped.
-    Raises ValueError for any other scheme or a missing host.
+    Raises ValueError for any other scheme, a missing host or a bad port.
     """
-    parts = urlsplit(url.strip())
+    shown = url.partition("?")[0].partition("#")[0]  # never the query: a dashboard link carries ?token=
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # parsed now, not when websockets connects
+    except ValueError:
+        raise ValueError(f"hub URL {shown!r} has a malformed host or port (port must be 1-65535)") from None
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
     if scheme is None or not parts.hostname:
-        raise ValueError(f"hub URL must look like http://HOST:PORT or ws://HOST:PORT/ws/live, not {url!r}")
+        raise ValueError(f"hub URL must look like http://HOST:PORT or ws://HOST:PORT/ws/live, not {shown!r}")
+    if port == 0:
+        raise ValueError(f"hub URL {shown!r}: port must be 1-65535, not 0")
     path = parts.path.rstrip("/")
     if not path.endswith(LIVE_PATH):
         path += LIVE_PATH
     return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _check_token(token: str) -> None:
+    """A token goes into an HTTP header: whitespace or a control character there can never be accepted,
+    and the error websockets raises for it would quote the whole header, token included."""
+    if not token.strip():
+        raise ValueError("token must not be empty")
+    if not all("!" <= c <= "~" for c in token):
+        raise ValueError("token must be printable ASCII without spaces, tabs or newlines (check how it was copied)")
 
 
 def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
@@ -193,8 +209,8 @@ class HubClient:
                  ping_interval: float | None = 20.0, close_timeout: float = 2.0,
                  max_frame_bytes: int = 16 * 1024 * 1024) -> None:
         self.url = live_url(url)
-        if isinstance(token, str) and not token.strip():
-            raise ValueError("token must not be empty")
+        if isinstance(token, str):
+            _check_token(token)
         if since is not None and (isinstance(since, bool) or not 0 <= since <= MAX_SEQ):
             raise ValueError(f"since must be a non-negative integer, not {since!r}")
         if max_attempts is not None and max_attempts < 1:
@@ -255,6 +271,11 @@ class HubClient:
 
     async def _open(self) -> ClientConnection:
         token = self._token() if callable(self._token) else self._token
+        if callable(self._token):
+            try:
+                _check_token(token)
+            except ValueError as exc:
+                raise HubRejected(0, "token", f"the token function returned an unusable token: {exc}") from None
         return await connect(
             self.connect_url(), additional_headers={"Authorization": f"Bearer {token}"},
             open_timeout=self._open_timeout, ping_interval=self._ping_interval,

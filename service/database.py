@@ -7,12 +7,16 @@ keeps a live resource in a module global.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 
 from .embedded import start_embedded, with_database
+from .errors import ConfigError, DatabaseSetupError
 from .settings import Settings
 
 APPLICATION_NAME = "zepix-hub"
@@ -32,16 +36,87 @@ def resolve_dsn(settings: Settings) -> str:
     return start_embedded(settings.data_dir).dsn("postgres")
 
 
+#: The URL forms the hub accepts; each becomes a plain postgresql:// URL.
+URL_PREFIXES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "postgresql+psycopg://",
+                "postgresql+psycopg2://")
+
+
 def normalise_url(url: str) -> str:
-    """Accept SQLAlchemy-style URLs (postgresql+asyncpg://) as well as plain ones."""
-    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
-    return url
+    """Accept SQLAlchemy-style URLs (postgresql+asyncpg://) as well as plain ones; ConfigError for anything else.
+
+    Anything else must fail here: a bare `localhost` handed to libpq-style parsing would connect to
+    the default database (PGDATABASE, or the user's) and migrate it.
+    """
+    prefix = next((p for p in URL_PREFIXES if url.startswith(p)), None)
+    if prefix is None:
+        raise ConfigError("the database URL (HUB_DATABASE_URL) must start with postgresql:// or postgres://, "
+                          f"e.g. postgresql://USER@HOST:5432/DBNAME, not {_shown(url)!r}")
+    plain = "postgresql://" + url[len(prefix):]
+    _check_hosts(plain)
+    return plain
+
+
+def _check_hosts(url: str) -> None:
+    """Each host[:port] of the URL (libpq allows a comma-separated list) and any ?port= must parse."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+        raise ConfigError(f"invalid database URL {_shown(url)!r}: {exc}") from None
+    ports: list[str] = []
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        if host.startswith("["):
+            address, bracket, rest = host[1:].partition("]")
+            if not bracket or not address or (rest and not rest.startswith(":")):
+                raise ConfigError(f"invalid database URL {_shown(url)!r}: bad IPv6 host {host!r}")
+            ports.append(rest[1:])
+        elif "]" in host or "[" in host:
+            raise ConfigError(f"invalid database URL {_shown(url)!r}: bad host {host!r}")
+        else:
+            ports.append(host.rpartition(":")[2] if ":" in host else "")
+    for value in parse_qs(parts.query).get("port", []):
+        ports.extend(value.split(","))
+    for port in ports:
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"invalid database URL {_shown(url)!r}: port must be 1-65535, not {port!r}")
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN without its password, for printing."""
+    masked = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
+
+
+def _shown(url: str) -> str:
+    """The URL for an error message: without its password, even when the scheme is missing."""
+    masked = mask_dsn(url)
+    if "://" not in masked:
+        masked = re.sub(r"^[^@/]*@", "***@", masked)
+    return masked[:200]
 
 
 def sqlalchemy_url(url: str) -> str:
     return "postgresql+asyncpg://" + normalise_url(url)[len("postgresql://"):]
+
+
+def describe_error(exc: BaseException, dsn: str) -> str:
+    """One line for a database error a command met: what, where (no password) and what to do."""
+    where = mask_dsn(dsn)
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{where}: {exc}: create it (createdb NAME) or point HUB_DATABASE_URL at an existing one"
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+        return f"{where} is not migrated ({exc}): run zepix-hub migrate first"
+    return f"{where}: {type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def reported(dsn: str) -> Iterator[None]:
+    """Turn a database error into DatabaseSetupError: a CLI command prints one line, not a traceback."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseSetupError(describe_error(exc, dsn)) from None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -70,4 +145,5 @@ async def connect(dsn: str, *, role: str, timeout: float = 10.0, **kwargs: Any) 
     )
 
 
-__all__ = ["connect", "create_pool", "normalise_url", "resolve_dsn", "sqlalchemy_url", "with_database"]
+__all__ = ["connect", "create_pool", "describe_error", "mask_dsn", "normalise_url", "reported", "resolve_dsn",
+           "sqlalchemy_url", "with_database"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 import uuid
@@ -20,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from .database import mask_dsn as mask_dsn  # re-exported: doctor prints DSNs masked
 from .errors import ConfigError, HubError
 from .settings import Settings, load_settings
 
@@ -54,18 +54,14 @@ def fail(name: str, detail: str, fix: str) -> Result:
     return Result(name, "FAIL", detail, fix)
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN without its password, for printing."""
-    masked = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
-
-
 def check_key(settings: Settings) -> Result:
-    from .auth import verification_key
+    from .auth import signing_key, verification_key
 
     name = "JWT key"
     try:
         verification_key(settings)
+        if settings.jwt_private_key and not settings.symmetric:
+            signing_key(settings)  # optional, but a bad one must show here rather than in `zepix-hub token`
     except ConfigError as exc:
         return fail(name, str(exc), "set the key variables named above, then run doctor again")
     algorithm = settings.jwt_algorithms[0]

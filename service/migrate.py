@@ -11,6 +11,9 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from .errors import ConfigError, DatabaseSetupError
 
 ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = ROOT / "alembic.ini"
@@ -31,8 +34,22 @@ def alembic_config(dsn: str | None = None) -> Config:
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision`. Blocking (Alembic runs its own event loop): call off the loop."""
-    command.upgrade(alembic_config(dsn), revision)
+    """Apply migrations up to `revision`. Blocking (Alembic runs its own event loop): call off the loop.
+
+    Raises ConfigError for an unknown revision and DatabaseSetupError for a database error, each one line.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from .database import describe_error
+
+    try:
+        command.upgrade(alembic_config(dsn), _checked(revision))
+    except (CommandError, AssertionError, ValueError) as exc:  # Alembic asserts on some malformed revisions
+        raise ConfigError(f"cannot migrate to revision {revision!r}: {str(exc) or 'malformed revision'}") from None
+    except DBAPIError as exc:
+        # SQLAlchemy wraps the driver's error; the asyncpg one (its cause) says what went wrong.
+        cause = exc.orig.__cause__ if exc.orig is not None and exc.orig.__cause__ is not None else exc.orig
+        raise DatabaseSetupError(f"cannot migrate {describe_error(cause or exc, dsn)}") from None
 
 
 def downgrade(dsn: str, revision: str) -> None:
@@ -44,9 +61,21 @@ def offline_sql(revision_range: str = "head") -> str:
     out = io.StringIO()
     cfg = alembic_config("postgresql://offline/placeholder")
     cfg.stdout = out
-    with redirect_stdout(out):
-        command.upgrade(cfg, revision_range, sql=True)
+    try:
+        with redirect_stdout(out):
+            command.upgrade(cfg, _checked(revision_range), sql=True)
+    except (CommandError, AssertionError, ValueError) as exc:
+        raise ConfigError(f"cannot print the SQL for revision {revision_range!r}: {str(exc) or 'malformed revision'}"
+                          ) from None
     return out.getvalue()
+
+
+def _checked(revision: str) -> str:
+    """Alembic asserts (a traceback) on an empty revision instead of saying what is wrong."""
+    parts = revision.split(":")
+    if len(parts) > 2 or any(not part.strip() for part in parts):
+        raise ConfigError(f"invalid revision {revision!r}: use head, a revision id, or a range such as base:head")
+    return revision.strip()
 
 
 def head_revision() -> str | None:

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from .client import Connected, Event, HubClient, HubRejected, Reconnecting, Resumed
+from .client import Connected, Event, HubClient, HubRejected, Reconnecting, Resumed, live_url
 from .errors import ConfigError, UnknownTopicError
 from .settings import Settings, display_host, load_settings
 from .topics import LOG_STREAM, NOTIFICATION, SYS_STATUS, TRADE_UPDATE, parse_topics
@@ -184,8 +184,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     """Follow the stream until Ctrl-C (exit 0). Exit 2 for a bad configuration, URL, token or topic."""
     settings = load_settings()
     url = args.url or _default_url(settings)
-    token = resolve_token(args.token, url, settings)
     try:
+        live_url(url)  # a malformed URL is reported as such, before a token is looked for in it
+        token = resolve_token(args.token, url, settings)
         topics = parse_topics(args.topics) if args.topics is not None else None
         client = HubClient(url, token, topics=topics, since=args.since)
     except UnknownTopicError as exc:

@@ -14,6 +14,7 @@ import pty
 import re
 import select
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from jose import jwt
 
 from service.auth import Verifier, mint
 from service.cli import build_parser
@@ -111,12 +113,14 @@ async def test_every_command_has_help(tmp_path: Path) -> None:
 
 async def test_token_prints_a_token_that_verifies(tmp_path: Path) -> None:
     env = cli_env(NO_DB, tmp_path)
-    good, bad_ttl, zero_ttl, bad_topics, no_sub = await asyncio.gather(
+    good, bad_ttl, zero_ttl, bad_topics, no_sub, short_ttl, one_s = await asyncio.gather(
         cli(env, "token", "--sub", "alice", "--topics", "log_stream,notification", "--ttl", "15m"),
         cli(env, "token", "--sub", "alice", "--ttl", "forever"),
         cli(env, "token", "--sub", "alice", "--ttl", "0s"),
         cli(env, "token", "--sub", "alice", "--topics", "log_stream,nope"),
         cli(env, "token"),
+        cli(env, "token", "--sub", "alice", "--ttl", "0.1s"),
+        cli(env, "token", "--sub", "alice", "--ttl", "1s"),
     )
     assert good.code == 0, good
     principal = Verifier(hub_settings(NO_DB), SECRET).verify(good.out.strip())
@@ -127,6 +131,12 @@ async def test_token_prints_a_token_that_verifies(tmp_path: Path) -> None:
     assert_usage_error(zero_ttl, "invalid duration '0s'")
     assert_usage_error(bad_topics, "unknown topic 'nope'")
     assert_usage_error(no_sub, "--sub")
+    # exp counts whole seconds: 0.1s would have minted a token that is expired on arrival.
+    assert_usage_error(short_ttl, "--ttl '0.1s' is too short", "at least 1s")
+    assert short_ttl.out == ""
+    assert one_s.code == 0, one_s
+    claims = jwt.get_unverified_claims(one_s.out.strip())
+    assert claims["exp"] - claims["iat"] == 1
 
 
 async def test_migrate_on_a_migrated_database_and_sql(
@@ -383,3 +393,236 @@ def test_doctor_masks_passwords_wherever_the_dsn_carries_them() -> None:
         "postgresql://bot@db/zepix?sslmode=require&password=***"
     assert mask_dsn("postgresql:///zepix?host=/run/pg&password=s3cret#x") == \
         "postgresql:///zepix?host=/run/pg&password=***#x"
+
+
+# -- bad input: one line, a non-zero exit, no traceback --------------------------------------------------------
+
+def libpq_env(pg: PgServer, database: str) -> dict[str, str]:
+    """PGHOST/PGPORT/PGUSER/PGDATABASE pointing at `database`: where libpq goes when a URL names nothing."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(pg.admin_dsn)
+    host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
+    return {"PGHOST": host, "PGPORT": str(parts.port or 5432), "PGUSER": parts.username or "postgres",
+            "PGDATABASE": database}
+
+
+BAD_DATABASE_URLS = [
+    ("localhost", "must start with postgresql://"),
+    ("garbage", "must start with postgresql://"),
+    ("mysql://bot:s3cret@db/zepix", "must start with postgresql://"),
+    ("postgresql://[::1", "invalid database URL"),
+    ("postgresql://127.0.0.1:99999/zepix", "port must be 1-65535, not '99999'"),
+    ("postgresql://127.0.0.1:abc/zepix", "port must be 1-65535, not 'abc'"),
+    ("postgresql://[::1]:0/zepix", "port must be 1-65535, not '0'"),
+    ("postgresql:///zepix?port=x", "port must be 1-65535, not 'x'"),
+]
+
+
+async def test_a_database_url_that_is_not_postgres_touches_no_database(pg: PgServer, tmp_path: Path) -> None:
+    # libpq's defaults point at a database of our own: a URL that slipped through would migrate this one.
+    bait = await pg.create_database(prefix="review_fix")
+    try:
+        def env(url: str) -> dict[str, str]:
+            return cli_env(url, tmp_path, **libpq_env(pg, bait))
+
+        every_command = [("migrate",), ("prune", "--older-than", "1d"), ("demo",), ("serve", "--port", "0")]
+        runs = await asyncio.gather(
+            *(cli(env(url), "migrate") for url, _ in BAD_DATABASE_URLS),
+            *(cli(env("localhost"), *command) for command in every_command[1:]),
+            cli(env("localhost"), "doctor"),
+        )
+        migrates, others, doctor = runs[:len(BAD_DATABASE_URLS)], runs[len(BAD_DATABASE_URLS):-1], runs[-1]
+        for (url, words), run in zip(BAD_DATABASE_URLS, migrates, strict=True):
+            assert_usage_error(run, words)
+            assert run.out == "" and len(run.err.splitlines()) == 1, (url, run)
+            assert "s3cret" not in run.err
+        for run in others:
+            assert_usage_error(run, "HUB_DATABASE_URL", "must start with postgresql://")
+        assert doctor.code == 1 and "Traceback" not in doctor.out + doctor.err
+        assert re.search(r"^FAIL  database: the database URL .* must start with postgresql://", doctor.out, re.M)
+
+        conn = await asyncpg.connect(pg.dsn(bait))
+        try:
+            created = await conn.fetchval("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace")
+        finally:
+            await conn.close()
+        assert created == 0, "a bad URL reached libpq's default database"
+    finally:
+        await pg.drop_database(bait)
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgresql://u@h:5432/db", "postgresql://u@h:5432/db"),
+    ("postgres://u@h/db", "postgresql://u@h/db"),
+    ("postgresql+asyncpg://u:p@h:1/db?sslmode=require", "postgresql://u:p@h:1/db?sslmode=require"),
+    ("postgresql://postgres:@/postgres?host=/tmp/pg", "postgresql://postgres:@/postgres?host=/tmp/pg"),
+    ("postgresql://u@[::1]:65535,h2/db", "postgresql://u@[::1]:65535,h2/db"),
+    ("postgresql:///db", "postgresql:///db"),
+])
+def test_database_urls_the_hub_accepts(url: str, expected: str) -> None:
+    from service.database import normalise_url, sqlalchemy_url
+
+    assert normalise_url(url) == expected
+    assert sqlalchemy_url(url) == "postgresql+asyncpg://" + expected[len("postgresql://"):]
+
+
+@pytest.mark.parametrize("url, words", BAD_DATABASE_URLS)
+def test_database_urls_the_hub_refuses(url: str, words: str) -> None:
+    from service.database import sqlalchemy_url
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        sqlalchemy_url(url)  # what Alembic is handed: the same check as the hub's own connections
+
+
+SETTING_ERRORS = [
+    # resume_cap + 1 reaches SQL as a bigint: 2**63 - 1 made every resume close 1011.
+    ({"HUB_RESUME_CAP": str(2**63 - 1)}, "resume_cap: Input should be less than or equal to 1000000000"),
+    ({"HUB_POOL_MAX": str(10**12)}, "pool_max: Input should be less than or equal to 1000"),
+    ({"HUB_QUEUE_MAX_FRAMES": str(2**63)}, "queue_max_frames: Input should be less than or equal to"),
+    # inf/nan would reach the welcome frame as Infinity/NaN, which browsers' JSON.parse rejects.
+    ({"HUB_HEARTBEAT_S": "inf"}, "heartbeat_s: Input should be a finite number"),
+    ({"HUB_HEARTBEAT_S": "nan"}, "heartbeat_s: Input should be a finite number"),
+    ({"HUB_SEND_TIMEOUT_S": "Infinity"}, "send_timeout_s: Input should be a finite number"),
+    ({"HUB_CLIENT_RATE": "-inf"}, "client_rate: Input should be a finite number"),
+]
+
+
+async def test_out_of_range_settings_are_configuration_errors(tmp_path: Path) -> None:
+    runs = await asyncio.gather(*(cli(cli_env(NO_DB, tmp_path, **env), "serve", "--port", "0")
+                                  for env, _ in SETTING_ERRORS))
+    for (env, words), run in zip(SETTING_ERRORS, runs, strict=True):
+        assert_usage_error(run, "invalid configuration", words)
+        assert len(run.err.splitlines()) == 1, (env, run.err)
+
+
+def test_frames_never_carry_nan_or_infinity() -> None:
+    from service import frames
+
+    assert frames.dumps({"heartbeat_s": 5.0}) == '{"heartbeat_s":5.0}'
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError):
+            frames.dumps({"heartbeat_s": bad})
+
+
+def _rsa_pem(tmp: Path) -> tuple[Path, Path, Path]:
+    """A fresh RSA pair as PEM files, and the public key as a binary (DER) file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private, public, der = tmp / "private.pem", tmp / "public.pem", tmp / "public.der"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, spki))
+    der.write_bytes(key.public_key().public_bytes(serialization.Encoding.DER, spki))
+    return private, public, der
+
+
+async def test_bad_jwt_key_material_is_a_configuration_error(tmp_path: Path) -> None:
+    private, public, der = _rsa_pem(tmp_path)
+    garbage_pem = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"
+    garbage_private = garbage_pem.replace("PUBLIC", "PRIVATE")
+
+    def env(public_key: str, private_key: str = str(private)) -> dict[str, str]:
+        return cli_env(NO_DB, tmp_path, HUB_JWT_SECRET="", HUB_JWT_ALGORITHMS="RS256",
+                       HUB_JWT_PUBLIC_KEY=public_key, HUB_JWT_PRIVATE_KEY=private_key)
+
+    # (environment, command, words of the one error line; "" = the command works)
+    cases: list[tuple[dict[str, str], tuple[str, ...], str]] = [
+        (env(str(public)), ("token", "--sub", "a"), ""),
+        (env(garbage_pem), ("serve", "--port", "0"), "HUB_JWT_PUBLIC_KEY is not a valid RS256 key"),
+        (env(str(der)), ("serve", "--port", "0"), "HUB_JWT_PUBLIC_KEY: key file"),
+        (env(str(public), garbage_private), ("token", "--sub", "a"), "HUB_JWT_PRIVATE_KEY is not a valid RS256 key"),
+        (env(str(public), str(der)), ("token", "--sub", "a"), "is not PEM text"),
+        (env(str(public), str(public)), ("token", "--sub", "a"), "HUB_JWT_PRIVATE_KEY holds a public key"),
+        (env(str(public), "bm90IGEga2V5" * 30), ("token", "--sub", "a"), "(not PEM text, not a file name)"),
+        (cli_env(NO_DB, tmp_path, HUB_JWT_SECRET=garbage_pem + "x" * 32), ("serve", "--port", "0"),
+         "HUB_JWT_SECRET is not a valid HS256 secret"),
+    ]
+    runs = await asyncio.gather(*(cli(e, *command) for e, command, _ in cases))
+    for (_, command, words), run in zip(cases, runs, strict=True):
+        if not words:
+            assert run.code == 0, run
+            pem = public.read_text()
+            assert Verifier(hub_settings(NO_DB, jwt_algorithms=["RS256"]), pem).verify(run.out.strip()).subject == "a"
+        else:
+            assert_usage_error(run, words)
+            assert len(run.err.splitlines()) == 1, (command, run.err)
+            assert "bm90IGEga2V5" not in run.err  # key material is never echoed
+
+    doctors = await asyncio.gather(cli(env(garbage_pem), "doctor"), cli(env(str(public), str(der)), "doctor"))
+    for run, words in zip(doctors, ("HUB_JWT_PUBLIC_KEY is not a valid RS256 key", "is not PEM text"), strict=True):
+        assert run.code == 1 and "Traceback" not in run.out + run.err
+        assert re.search(rf"^FAIL  JWT key: .*{re.escape(words)}", run.out, re.M), run.out
+
+
+async def test_serve_that_cannot_bind_says_so_in_one_line(dsn: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = cli_env(dsn, tmp_path, HUB_AUTO_MIGRATE="false")
+        in_use, no_host = await asyncio.gather(cli(env, "serve", "--port", str(port)),
+                                               cli(env, "serve", "--host", "no-such-host.invalid", "--port", "0"))
+    for run, where in ((in_use, f"127.0.0.1:{port}"), (no_host, "no-such-host.invalid:0")):
+        assert run.code == 1, run
+        assert "Traceback" not in run.err and "Task exception was never retrieved" not in run.err, run.err
+        last = run.err.rstrip().splitlines()[-1]
+        assert last == f"zepix-hub: the hub could not start on {where} (see the error above)", run.err
+
+
+async def test_missing_or_unmigrated_databases_and_bad_revisions_are_one_line(
+        dsn: str, pg: PgServer, tmp_path: Path) -> None:
+    empty = await pg.create_database(prefix="review_fix")  # reachable, never migrated
+    missing = pg.dsn("review_fix_no_such_database")
+    try:
+        cases: list[tuple[str, tuple[str, ...], int, str]] = [
+            (missing, ("migrate",), 1, '"review_fix_no_such_database" does not exist: create it'),
+            (missing, ("prune", "--older-than", "1d"), 1, '"review_fix_no_such_database" does not exist'),
+            (missing, ("demo",), 1, '"review_fix_no_such_database" does not exist'),
+            (pg.dsn(empty), ("prune", "--older-than", "1d"), 1, "is not migrated"),
+            (pg.dsn(empty), ("demo",), 1, "run zepix-hub migrate first"),
+            (pg.dsn(empty), ("migrate", "--revision", "garbage"), 2, "Can't locate revision identified by 'garbage'"),
+            (NO_DB, ("sql", "--revision", "garbage"), 2, "Can't locate revision identified by 'garbage'"),
+            (NO_DB, ("sql", "--revision", ""), 2, "invalid revision ''"),
+            (NO_DB, ("sql", "--revision", "a:b:c"), 2, "invalid revision 'a:b:c'"),
+            (NO_DB, ("sql", "--revision", "@"), 2, "malformed revision"),
+            (dsn, ("prune", "--older-than", "1d", "--batch", "99999999999999999999"), 2, "must be 1-1000000"),
+            (NO_DB, ("serve", "--workers", "100000"), 2, "must be 1-256"),
+            (NO_DB, ("demo", "--rate", "inf"), 2, "must be a finite number more than 0"),
+        ]
+        runs = await asyncio.gather(*(cli(cli_env(url, tmp_path), *command) for url, command, _, _ in cases))
+        for (_, command, code, words), run in zip(cases, runs, strict=True):
+            assert run.code == code, (command, run)
+            assert "Traceback" not in run.out + run.err, (command, run.err)
+            assert words in run.err, (command, words, run.err)
+            # One error line (argparse puts its usage lines before it).
+            assert len([line for line in run.err.splitlines() if line.startswith("zepix-hub")]) == 1, run.err
+        conn = await asyncpg.connect(pg.dsn(empty))
+        try:  # a refused revision migrated nothing
+            assert await conn.fetchval("SELECT to_regclass('alembic_version')") is None
+        finally:
+            await conn.close()
+    finally:
+        await pg.drop_database(empty)
+
+
+async def test_tail_refuses_bad_urls_and_tokens_without_echoing_the_token(tmp_path: Path) -> None:
+    token = mint(hub_settings(NO_DB), SECRET, subject="tail", ttl_s=600)
+    cases: list[tuple[tuple[str, ...], str]] = [
+        (("--url", "http://[::1"), "malformed host or port"),
+        (("--url", f"http://[::1/?token={token}"), "malformed host or port"),
+        (("--url", "http://127.0.0.1:99999", "--token", token), "malformed host or port"),
+        (("--url", "http://127.0.0.1:abc", "--token", token), "malformed host or port"),
+        (("--url", "http://127.0.0.1:1", "--token", token[:20] + "\n" + token[20:]), "token must be printable ASCII"),
+        (("--url", "http://127.0.0.1:1", "--token", token[:20] + "\t" + token[20:]), "token must be printable ASCII"),
+        (("--url", "http://127.0.0.1:1", "--token", token[:20] + " " + token[20:]), "token must be printable ASCII"),
+        (("--url", "http://127.0.0.1:1", "--token", token[:20] + "\x1b" + token[20:]), "token must be printable ASCII"),
+    ]
+    runs = await asyncio.gather(*(cli(cli_env(NO_DB, tmp_path), "tail", *args, within=20) for args, _ in cases))
+    for (args, words), run in zip(cases, runs, strict=True):
+        assert_usage_error(run, words)
+        assert len(run.err.splitlines()) == 1, (args, run.err)
+        assert "eyJ" not in run.err and token[25:45] not in run.err, run.err

@@ -90,10 +90,34 @@ def test_live_url_normalises_to_the_websocket_endpoint(given: str, expected: str
     assert live_url(given) == expected
 
 
-@pytest.mark.parametrize("bad", ["ftp://h/", "127.0.0.1:8000", "http://", ""])
+@pytest.mark.parametrize("bad", ["ftp://h/", "127.0.0.1:8000", "http://", "", "http://[::1", "http://h:99999",
+                                 "http://h:abc", "http://h:0", "ws://[::1]:65536/ws/live"])
 def test_live_url_rejects_what_is_not_a_hub_url(bad: str) -> None:
     with pytest.raises(ValueError, match="hub URL"):
         live_url(bad)
+    with pytest.raises(ValueError, match="hub URL"):  # at construction, not when the first connect fails
+        HubClient(bad, "t")
+
+
+def test_live_url_errors_never_quote_the_query() -> None:
+    with pytest.raises(ValueError) as caught:
+        live_url("http://[::1/?token=eyJhbGciOiJIUzI1NiJ9.c2VjcmV0")
+    assert "token" not in str(caught.value) and "eyJ" not in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "eyJh\nbGc", "eyJh bGc", "eyJh\tbGc", "eyJh\rbGc", "eyJh\x00bGc",
+                                 "eyJh\x1bbGc", "eyJh\x7fbGc", "eyJhé"])
+async def test_a_token_that_cannot_be_a_header_is_refused_without_echo(bad: str) -> None:
+    with pytest.raises(ValueError, match="token must") as caught:
+        HubClient("http://127.0.0.1:1", bad)
+    assert "eyJ" not in str(caught.value)
+    # A token function is asked per connection: its bad token ends the iteration the same way, no retry.
+    client = HubClient("http://127.0.0.1:1", lambda: bad, max_attempts=1)
+    with pytest.raises(HubRejected, match="unusable token") as rejected:
+        async with client:
+            async for _ in client:
+                pass
+    assert "eyJ" not in str(rejected.value)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
