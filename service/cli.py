@@ -94,10 +94,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(host=args.host, port=args.port)
     verification_key(settings)  # fail early on a missing key, before starting a database
     dsn = _dsn(settings)
-    if settings.auto_migrate:
-        from . import migrate
+    from . import migrate
 
+    if settings.auto_migrate:
         migrate.upgrade(dsn)
+    else:
+        migrate.require_migrated(dsn)
     # Workers and the demo reuse what this process resolved: one database, already migrated.
     os.environ["HUB_DATABASE_URL"] = dsn
     os.environ["HUB_DEV"] = "true" if settings.dev_mode else "false"

@@ -89,3 +89,26 @@ async def current_revision(conn: asyncpg.Connection) -> str | None:
         return None
     value = await conn.fetchval("SELECT version_num FROM alembic_version LIMIT 1")
     return str(value) if value is not None else None
+
+
+def require_migrated(dsn: str) -> None:
+    """Refuse, in one line, to serve a database that was never migrated (with HUB_AUTO_MIGRATE=false): the
+    hub's startup would otherwise fail inside uvicorn's lifespan, which prints a traceback."""
+    import asyncio
+
+    from .database import describe_error
+
+    async def check() -> str | None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return await current_revision(conn)
+        finally:
+            await conn.close()
+
+    try:
+        revision = asyncio.run(check())
+    except (asyncpg.PostgresError, OSError) as exc:
+        raise DatabaseSetupError(f"cannot serve {describe_error(exc, dsn)}") from None
+    if revision is None:
+        raise DatabaseSetupError("the database is not migrated and HUB_AUTO_MIGRATE is false: "
+                                 "run zepix-hub migrate first")

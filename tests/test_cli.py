@@ -600,6 +600,11 @@ async def test_missing_or_unmigrated_databases_and_bad_revisions_are_one_line(
             assert words in run.err, (command, words, run.err)
             # One error line (argparse puts its usage lines before it).
             assert len([line for line in run.err.splitlines() if line.startswith("zepix-hub")]) == 1, run.err
+        # serve without auto-migration: refused before uvicorn starts (its lifespan would print a traceback)
+        for url, words in ((pg.dsn(empty), "run zepix-hub migrate first"), (missing, "does not exist")):
+            run = await cli(cli_env(url, tmp_path, HUB_AUTO_MIGRATE="false"), "serve", "--port", "0")
+            assert run.code == 1 and "Traceback" not in run.out + run.err and words in run.err, run
+            assert len([line for line in run.err.splitlines() if line.startswith("zepix-hub")]) == 1, run.err
         conn = await asyncpg.connect(pg.dsn(empty))
         try:  # a refused revision migrated nothing
             assert await conn.fetchval("SELECT to_regclass('alembic_version')") is None
