@@ -32,7 +32,7 @@ from .auth import Verifier, verification_key
 from .connections import ConnectionManager
 from .database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
 from .durations import parse_duration
-from .frames import CLOSE_GOING_AWAY, Frame, live_event
+from .frames import CLOSE_GOING_AWAY, CLOSE_LOG_RESET, Frame, live_event
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .metrics import Metrics
@@ -68,7 +68,8 @@ class Hub:
         self.metrics = Metrics()
         self.store = EventStore(pool)
         self.manager = ConnectionManager(settings)
-        self.listener = Listener(dsn, self.store, settings, dispatch=self.dispatch, on_state=self._listener_state)
+        self.listener = Listener(dsn, self.store, settings, dispatch=self.dispatch, on_state=self._listener_state,
+                                 on_reset=self._log_reset)
         self.heartbeat = Heartbeat(settings.heartbeat_s, broadcast=self.manager.broadcast, extras=self._extras)
         self.oldest_hint = 0
         self.head_hint = 0
@@ -84,6 +85,16 @@ class Hub:
         committed = event_time(frame.text)
         if committed is not None:
             self.metrics.latency.observe(max(0.0, time.time() - committed))
+
+    def _log_reset(self, dispatched: int, head: int) -> None:
+        """The event log went backwards under the listener. Every client holds seqs the database no longer
+        has (and will issue again): close them 1012 so they reconnect with since, which is now ahead of
+        the head, and reload from a snapshot."""
+        log.error("the event log went back from seq %d to %d (a restore or failover without the fence in "
+                  "docs/dba.md): closing %d client(s) 1012 so they reload", dispatched, head, len(self.manager))
+        self.head_hint = head
+        for client in self.manager.clients:
+            client.request_close(CLOSE_LOG_RESET, "event log reset; reconnect with since")
 
     def _listener_state(self, up: bool) -> None:
         self.metrics.listener_up.set(1 if up else 0)

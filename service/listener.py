@@ -42,12 +42,14 @@ CHANNEL = "zepix_hub_events"
 
 class Listener:
     def __init__(self, dsn: str, store: EventStore, settings: Settings, *,
-                 dispatch: Callable[[Frame], None], on_state: Callable[[bool], None]) -> None:
+                 dispatch: Callable[[Frame], None], on_state: Callable[[bool], None],
+                 on_reset: Callable[[int, int], None]) -> None:
         self._dsn = dsn
         self._store = store
         self._settings = settings
         self._dispatch = dispatch
         self._on_state = on_state
+        self._on_reset = on_reset
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._needs_read = False
@@ -80,6 +82,7 @@ class Listener:
                 self._lost.clear()
                 conn.add_termination_listener(self._on_terminate)
                 await conn.add_listener(CHANNEL, self._on_notify)
+                await self._check_not_rewound(conn)
                 await self._catch_up(conn)  # after LISTEN: whatever committed meanwhile is read or notified
                 self._set_up(True)
                 backoff = 0.1
@@ -129,6 +132,16 @@ class Listener:
                 # A silently dead TCP connection delivers nothing and raises nothing; ask it.
                 await conn.fetchval("SELECT 1", timeout=min(5.0, health_every))
                 next_health = loop.time() + health_every
+
+    async def _check_not_rewound(self, conn: asyncpg.Connection) -> None:
+        """A head below what this hub already dispatched means committed events vanished: the database came
+        back from a restore or a failover to a lagging replica without the fence (docs/dba.md). New events
+        would reuse seqs the clients hold, and reading after last_seq would skip them all; so start again
+        from the restored head and let the hub tell its clients to reload."""
+        head = await self._store.head_on(conn)
+        if head < self.last_seq:
+            rewound_from, self.last_seq = self.last_seq, head
+            self._on_reset(rewound_from, head)
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Dispatch every committed event after last_seq, in order, page by page."""

@@ -121,6 +121,11 @@ class EventStore:
         return Page(events=events, position=pos, next_since=next_since)
 
     @staticmethod
+    async def head_on(conn: asyncpg.Connection) -> int:
+        """The log's head, read on the caller's connection (the listener's, at every (re)connect)."""
+        return _position(await conn.fetchrow(Q["log_position"], timeout=READ_TIMEOUT_S)).head
+
+    @staticmethod
     async def read_live(conn: asyncpg.Connection, since: int, limit: int) -> list[StoredEvent]:
         """The listener's read, on its own connection (one round trip, no pool hand-over on the live path):
         all topics after `since`. No floor check: the listener is always at the head."""

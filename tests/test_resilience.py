@@ -145,6 +145,39 @@ async def test_listener_backend_killed_clients_stay_and_nothing_is_lost(hub: Run
         assert "DEGRADED" in statuses and statuses[-1] == "RUNNING"
 
 
+async def test_a_log_that_went_backwards_closes_clients_1012_and_live_goes_on(hub: RunningHub,
+                                                                              db: asyncpg.Connection) -> None:
+    """A restore (or a failover to a lagging replica) without the fence: events the clients hold vanish and
+    their seqs are issued again. A running hub must not skip the new events as already dispatched."""
+    token = hub.token()
+    async with await connect(f"{hub.ws}?token={token}&topics=log_stream") as old:
+        await recv_json(old)
+        await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'before ' || g FROM generate_series(1, 6) g")
+        seen = [(await recv_until(old, _is_event_with_seq))["seq"] for _ in range(6)]
+        assert seen == [1, 2, 3, 4, 5, 6]
+        # What the restored database looks like: the log ends at 3 and the sequence continues from there.
+        await db.execute("DELETE FROM events WHERE seq > 3")
+        await db.execute("SELECT setval('events_seq', 3)")
+        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                await recv_json(old, 20)
+        assert info.value.rcvd is not None
+        assert (info.value.rcvd.code, info.value.rcvd.reason) == (1012, "event log reset; reconnect with since")
+    async with await connect(f"{hub.ws}?token={token}&topics=log_stream&since=6") as back:
+        await recv_json(back)
+        replayed = await recv_until(back, lambda f: f.get("type") == "replayed")
+        assert (replayed["recovered"], replayed["head"]) == (False, 3)
+        await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'after one'), ('INFO', 'after two')")
+        new = [await recv_until(back, _is_event_with_seq) for _ in range(2)]
+        assert [(f["seq"], f["data"]["msg"]) for f in new] == [(4, "after one"), (5, "after two")]
+
+
+def _is_event_with_seq(frame: dict[str, Any]) -> bool:
+    return frame.get("type") == "event" and frame.get("seq") is not None
+
+
 # -- a database that restarts: a private embedded server, so the shared one is never touched --------------
 
 @pytest.fixture
