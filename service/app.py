@@ -87,14 +87,14 @@ class Hub:
             self.metrics.latency.observe(max(0.0, time.time() - committed))
 
     def _log_reset(self, dispatched: int, head: int) -> None:
-        """The event log went backwards under the listener. Every client holds seqs the database no longer
-        has (and will issue again): close them 1012 so they reconnect with since, which is now ahead of
-        the head, and reload from a snapshot."""
-        log.error("the event log went back from seq %d to %d (a restore or failover without the fence in "
-                  "docs/dba.md): closing %d client(s) 1012 so they reload", dispatched, head, len(self.manager))
+        """The event log was restored to an earlier point under the listener: the clients hold seqs that the
+        database no longer has, or has for other events. Close them 4410: they reload from a snapshot."""
+        log.error("event %d, the last this hub dispatched, is gone from the log or different (a restore or "
+                  "failover without the fence in docs/dba.md): closing %d client(s) 4410 so they reload; "
+                  "live again from head %d", dispatched, len(self.manager), head)
         self.head_hint = head
         for client in self.manager.clients:
-            client.request_close(CLOSE_LOG_RESET, "event log reset; reconnect with since")
+            client.request_close(CLOSE_LOG_RESET, "event log restored to an earlier point; reload")
 
     def _listener_state(self, up: bool) -> None:
         self.metrics.listener_up.set(1 if up else 0)

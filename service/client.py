@@ -17,6 +17,9 @@ Failures:
   4400 (bad query), and an HTTP 4xx answer to the handshake (wrong URL, a proxy
   refusing the token), raise `HubRejected`: retrying the same request cannot
   succeed, so the client does not retry;
+- a close 4410 (the hub found its event log restored to an earlier point)
+  reconnects without `since` and then yields `Resumed(recovered=False)`: the
+  seqs we hold may name other events now, so reload state from /api/snapshot;
 - every other close (1001 hub restarting, 1006 connection lost, 1011, 1012,
   1013 database unavailable, 4008 too slow, ...), refused or timed-out
   connections and 5xx handshake answers are retried forever (or `max_attempts`
@@ -47,7 +50,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .errors import HubError
-from .frames import MAX_SEQ
+from .frames import CLOSE_LOG_RESET, MAX_SEQ
 from .topics import parse_topics
 
 log = logging.getLogger(__name__)
@@ -230,6 +233,7 @@ class HubClient:
         self._sockets: set[ClientConnection] = set()
         self._closing = asyncio.Event()
         self._connections = 0
+        self._reset_since: int | None = None  # after a 4410: the cursor we gave up, reported once connected
 
     @property
     def last_seq(self) -> int | None:
@@ -344,6 +348,11 @@ class HubClient:
                                 resume=bool(frame.get("resume")), since=asked_since,
                                 reconnect=self._connections > 0)
                             self._connections += 1
+                            if self._reset_since is not None and asked_since is None:
+                                yield item
+                                item = Resumed(since=self._reset_since, head=welcome_head, count=0,
+                                               recovered=False, reason="event log reset")
+                                self._reset_since = None
                         elif kind == "replayed":
                             item = self._replayed(frame, welcome_head)
                         elif kind == "error":
@@ -363,6 +372,9 @@ class HubClient:
                     raise HubRejected(code, detail, message)
             if self._closing.is_set():
                 return
+            if code == CLOSE_LOG_RESET and self._cursor is not None:
+                # Resuming could look successful and skip events that reuse seqs we saw: start live instead.
+                self._reset_since, self._cursor = self._cursor, None
             failures = 0 if stable else failures + 1
             if self._max_attempts is not None and failures >= self._max_attempts:
                 raise HubUnavailable(failures, _reason_text(code, reason))

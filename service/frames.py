@@ -22,11 +22,11 @@ CLOSE_GOING_AWAY = 1001  # hub shutting down: reconnect (elsewhere) and resume w
 CLOSE_POLICY = 1008  # rate limit exceeded
 CLOSE_TOO_BIG = 1009  # client frame over the size limit
 CLOSE_INTERNAL_ERROR = 1011  # a bug in the hub's sender for this client: reconnect with since=<last seq>
-CLOSE_LOG_RESET = 1012  # the event log went backwards (a restore): reconnect with since, then reload
 CLOSE_TRY_AGAIN = 1013  # database unavailable during a resume: retry with the since in the reason
 CLOSE_UNAUTHORIZED = 4001  # token missing, invalid or expired: get a new token
 CLOSE_FORBIDDEN = 4003  # origin not allowed, or topics the token does not allow
 CLOSE_TOO_SLOW = 4008  # the client fell behind: reconnect with since=<last seq>
+CLOSE_LOG_RESET = 4410  # the event log was restored to an earlier point: reload from a snapshot
 CLOSE_BAD_REQUEST = 4400  # bad query parameters at connect (topics, since)
 
 

@@ -55,6 +55,7 @@ class Listener:
         self._needs_read = False
         self._heard = False  # a notification arrived since the last safety-net tick
         self.last_seq = 0
+        self._last_frame: str | None = None  # the frame of last_seq as dispatched (None: not known yet)
         self.up = False
         self.first_up = asyncio.Event()  # set once the first LISTEN and catch-up succeeded
 
@@ -134,14 +135,22 @@ class Listener:
                 next_health = loop.time() + health_every
 
     async def _check_not_rewound(self, conn: asyncpg.Connection) -> None:
-        """A head below what this hub already dispatched means committed events vanished: the database came
-        back from a restore or a failover to a lagging replica without the fence (docs/dba.md). New events
-        would reuse seqs the clients hold, and reading after last_seq would skip them all; so start again
-        from the restored head and let the hub tell its clients to reload."""
-        head = await self._store.head_on(conn)
-        if head < self.last_seq:
-            rewound_from, self.last_seq = self.last_seq, head
+        """Is the event this hub dispatched last still the log's event of that seq? If it vanished (and was
+        not pruned) or differs, the database came back from a restore or a failover to a lagging replica
+        without the fence (docs/dba.md): seqs the clients hold now name other events, or will. Reading
+        after last_seq would skip those, so start again from the head, as at start-up, and let the hub
+        tell its clients to reload. The height alone is not enough: writes after the restore may already
+        have carried the head past last_seq."""
+        if self.last_seq == 0:
+            return
+        frame, head, floor = await self._store.event_at(conn, self.last_seq)
+        gone = frame is None and floor < self.last_seq
+        changed = frame is not None and self._last_frame is not None and frame != self._last_frame
+        if gone or changed:
+            rewound_from, self.last_seq, self._last_frame = self.last_seq, head, None
             self._on_reset(rewound_from, head)
+        elif self._last_frame is None:
+            self._last_frame = frame  # the start position: known from here on
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Dispatch every committed event after last_seq, in order, page by page."""
@@ -157,5 +166,5 @@ class Listener:
 
     def _emit(self, frame: Frame) -> None:
         assert frame.seq is not None
-        self.last_seq = frame.seq
+        self.last_seq, self._last_frame = frame.seq, frame.text
         self._dispatch(frame)

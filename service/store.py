@@ -121,9 +121,12 @@ class EventStore:
         return Page(events=events, position=pos, next_since=next_since)
 
     @staticmethod
-    async def head_on(conn: asyncpg.Connection) -> int:
-        """The log's head, read on the caller's connection (the listener's, at every (re)connect)."""
-        return _position(await conn.fetchrow(Q["log_position"], timeout=READ_TIMEOUT_S)).head
+    async def event_at(conn: asyncpg.Connection, seq: int) -> tuple[str | None, int, int]:
+        """(frame of `seq` or None, head, retention floor), on the caller's connection: the listener's
+        identity check at every (re)connect."""
+        row = await conn.fetchrow(Q["event_at"], seq, timeout=READ_TIMEOUT_S)
+        assert row is not None
+        return row["frame"], int(row["head"]), int(row["pruned_through"])
 
     @staticmethod
     async def read_live(conn: asyncpg.Connection, since: int, limit: int) -> list[StoredEvent]:

@@ -783,7 +783,9 @@
       halt('forbidden', 'Not allowed', `The hub refused this page: ${reason || 'origin or topic not allowed'} (close 4003).`, false);
       return;
     }
-    if (code === 4400) net.needReload = true;  // our since was refused: start over from a snapshot
+    // 4400: our since was refused; 4410: the hub found its event log restored to an earlier point, so the
+    // seqs we hold may name other events now. Either way, start over from a snapshot.
+    if (code === 4400 || code === 4410) net.needReload = true;
     scheduleReconnect(`closed ${code}${reason ? `: ${reason}` : ''}`);
   }
 
