@@ -149,6 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from .demo import run_demo
 
             demo = asyncio.create_task(run_demo(dsn, rate=args.rate))
+            demo.add_done_callback(_report_demo_end)
         try:
             return await serving
         finally:
@@ -162,6 +163,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if code not in (0, None):
         raise HubError(f"the hub could not start on {settings.host}:{settings.port} (see the error above)")
     return EXIT_OK
+
+
+def _report_demo_end(task: asyncio.Task[None]) -> None:
+    """The demo feed beside `serve` ends only when cancelled; anything else must not end it silently."""
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("service.demo").error("the demo feed stopped: %s", task.exception())
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

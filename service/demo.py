@@ -8,6 +8,7 @@ stops cleanly when cancelled (Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from decimal import Decimal
 
 import asyncpg
 
-from .database import connect
+from .database import DATABASE_UNAVAILABLE, connect
 
 log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 10.0
 
 SYMBOLS = {"BTCUSDT": 67000.0, "ETHUSDT": 3400.0, "SOLUSDT": 150.0, "EURUSD": 1.085, "XAUUSD": 2350.0,
            "BNBUSDT": 590.0, "GBPUSD": 1.27, "ADAUSDT": 0.45}
@@ -113,22 +116,46 @@ async def _log(conn: asyncpg.Connection) -> None:
 
 
 async def run_demo(dsn: str, rate: float = 2.0, max_open: int = 8) -> None:
-    """Write about `rate` operations a second until cancelled. Owns and closes its connection."""
+    """Write about `rate` operations a second until cancelled. Owns and closes its connection.
+
+    A database that cannot be reached at the start is the caller's error (raised). Once the feed runs,
+    a lost connection (PostgreSQL restarted, a DBA ended the backend) is logged and opened again with a
+    growing delay, so the demo keeps moving after the database comes back.
+    """
     if rate <= 0:
         raise ValueError("rate must be positive")
     conn = await connect(dsn, role="demo")
     trades: list[_Trade] = []
-    try:
+    backoff = RECONNECT_MIN_S
+    while True:
+        try:
+            await _feed(conn, trades, rate, max_open)
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("demo feed lost its database connection (%s); reconnecting", type(exc).__name__)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
         while True:
-            roll = random.random()
-            if roll < 0.45:
-                await _log(conn)
-            elif trades and (len(trades) >= max_open or roll < 0.8):
-                t = random.choice(trades)
-                if await _advance(conn, t):
-                    trades.remove(t)
-            else:
-                trades.append(await _open(conn))
-            await asyncio.sleep(random.expovariate(rate))
-    finally:
-        await conn.close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_MAX_S)
+            try:
+                conn = await connect(dsn, role="demo")
+                break
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("demo feed cannot reconnect yet (%s); retrying in %.0f s", type(exc).__name__, backoff)
+        backoff = RECONNECT_MIN_S
+        log.info("demo feed reconnected")
+
+
+async def _feed(conn: asyncpg.Connection, trades: list[_Trade], rate: float, max_open: int) -> None:
+    while True:
+        roll = random.random()
+        if roll < 0.45:
+            await _log(conn)
+        elif trades and (len(trades) >= max_open or roll < 0.8):
+            t = random.choice(trades)
+            if await _advance(conn, t):
+                trades.remove(t)
+        else:
+            trades.append(await _open(conn))
+        await asyncio.sleep(random.expovariate(rate))

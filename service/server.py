@@ -57,6 +57,10 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
 
 class HubServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Stop accepting first: a client told 1001 reconnects within a second and must land on another
+        # process (or wait for the restart), not on this one, whose uvicorn would then close it 1012.
+        for server in self.servers:
+            server.close()
         hub = hub_of(self.config.loaded_app)
         if hub is not None:
             try:
@@ -114,36 +118,45 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
         process.start()
         return process
 
-    processes = [spawn() for _ in range(workers)]
-    started = [time.monotonic()] * workers
-    delay = [0.0] * workers
-    due: list[float | None] = [None] * workers
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before any worker exists: a signal then stops them all
         signal.signal(sig, on_signal)
-    while not stop.wait(0.2):
-        now = time.monotonic()
-        for i, process in enumerate(processes):
+    processes: list[BaseProcess] = []
+    try:
+        for _ in range(workers):
+            processes.append(spawn())
+        started = [time.monotonic()] * workers
+        delay = [0.0] * workers
+        due: list[float | None] = [None] * workers
+        while not stop.wait(0.2):
+            now = time.monotonic()
+            for i, process in enumerate(processes):
+                if process.is_alive():
+                    continue
+                restart_at = due[i]
+                if restart_at is None:
+                    quick = now - started[i] < HEALTHY_AFTER_S
+                    delay[i] = min(max(delay[i] * 2, RESTART_MIN_S), RESTART_MAX_S) if quick else 0.0
+                    due[i] = now + delay[i]
+                    log.warning("worker %d (pid %s) exited with %s; starting a new one in %.1f s",
+                                i, process.pid, process.exitcode, delay[i])
+                elif now >= restart_at:
+                    process.join(0)  # reap it
+                    processes[i], started[i], due[i] = spawn(), now, None
+                    log.info("worker %d restarted (pid %s)", i, processes[i].pid)
+    finally:
+        # Also when spawning failed: the workers already running must not outlive the supervisor.
+        for process in processes:
             if process.is_alive():
-                continue
-            restart_at = due[i]
-            if restart_at is None:
-                quick = now - started[i] < HEALTHY_AFTER_S
-                delay[i] = min(max(delay[i] * 2, RESTART_MIN_S), RESTART_MAX_S) if quick else 0.0
-                due[i] = now + delay[i]
-                log.warning("worker %d (pid %s) exited with %s; starting a new one in %.1f s",
-                            i, process.pid, process.exitcode, delay[i])
-            elif now >= restart_at:
-                process.join(0)  # reap it
-                processes[i], started[i], due[i] = spawn(), now, None
-                log.info("worker %d restarted (pid %s)", i, processes[i].pid)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(30)
-    sock.close()
+                process.terminate()
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                log.warning("worker pid %s did not stop within 30 s; killing it", process.pid)
+                process.kill()
+                process.join(5)
+        sock.close()

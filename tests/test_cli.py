@@ -24,11 +24,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import websockets
 from jose import jwt
 
 from service.auth import Verifier, mint
 from service.cli import build_parser
 from service.doctor import check_triggers
+from service.embedded import stop_embedded
 from service.errors import ConfigError
 from service.tail import resolve_token, use_colour
 from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings
@@ -631,3 +633,62 @@ async def test_tail_refuses_bad_urls_and_tokens_without_echoing_the_token(tmp_pa
         assert_usage_error(run, words)
         assert len(run.err.splitlines()) == 1, (args, run.err)
         assert "eyJ" not in run.err and token[25:45] not in run.err, run.err
+
+
+async def test_serve_demo_the_readme_command_end_to_end(tmp_path: Path) -> None:
+    """The README's first command on the embedded database: the printed dev-token URL serves the dashboard
+    and its live stream, the demo feed outlives losing its connection, Ctrl-C exits 0, stop-db stops it."""
+    data = tmp_path / "data"
+    env = cli_env("", tmp_path, HUB_DEV="", HUB_JWT_SECRET="", HUB_LOG_LEVEL="INFO")  # as a newcomer runs it
+    proc = await spawn(env, "serve", "--demo", "--port", "0", "--rate", "20")
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = asyncio.create_task(proc.stderr.read())  # drained all along: a full pipe would stall the hub
+    try:
+        line = await read_line_until(proc.stdout, r"\?token=", within=180)  # includes the embedded initdb
+        found = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", line)
+        assert found is not None, line
+        base, token = found.group(1), found.group(2)
+        async with httpx.AsyncClient(timeout=10) as http:
+            page = await http.get(base)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+
+        ws_url = base.replace("http://", "ws://") + f"ws/live?token={token}&topics=trade_update,log_stream"
+        async with websockets.connect(ws_url, open_timeout=10) as ws:
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            seqs = await _event_seqs(ws, 5)
+            # The demo's database connection dies (a DBA ends it, PostgreSQL restarts): the feed reconnects.
+            db = await asyncpg.connect(f"postgresql://postgres@/postgres?host={data / 'pgdata'}")
+            try:
+                killed = await db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                           "WHERE application_name = 'zepix-hub-demo'")
+            finally:
+                await db.close()
+            assert killed == 1
+            later = await _event_seqs(ws, 5, within=60)
+            assert later[0] > seqs[-1]
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        err = (await asyncio.wait_for(stderr, 10)).decode()
+        assert "Traceback" not in err and "demo feed reconnected" in err, err[-2000:]
+        assert token not in err  # the dev token is printed once, to stdout, never logged
+
+        stop = await cli(env, "stop-db")
+        assert stop.code == 0 and "embedded PostgreSQL stopped" in stop.out, stop
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stderr.cancel()
+        await asyncio.to_thread(stop_embedded, data)
+
+
+async def _event_seqs(ws: websockets.ClientConnection, n: int, within: float = 30) -> list[int]:
+    """The seqs of the next `n` persisted events (hang guard `within`)."""
+    seqs: list[int] = []
+    deadline = time.monotonic() + within
+    while len(seqs) < n:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
+        if frame.get("type") == "event" and frame.get("seq") is not None:
+            seqs.append(frame["seq"])
+    assert seqs == sorted(seqs) and len(set(seqs)) == n
+    return seqs
