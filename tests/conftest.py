@@ -12,6 +12,7 @@ from service.embedded import destroy_scratch
 from tests.hubs import RunningHub, running_hub
 from tests.pg import (
     PgServer,
+    ensure_private_running,
     make_template,
     start_private_server,
     start_server,
@@ -59,10 +60,20 @@ async def hub(dsn: str) -> AsyncIterator[RunningHub]:
 
 
 @pytest.fixture(scope="session")
-def private_pg() -> Iterator[tuple[Path, str]]:
-    """A private embedded PostgreSQL that tests may stop and restart: (pgdata, admin DSN)."""
+def private_server() -> Iterator[tuple[Path, str]]:
     pgdata, admin = start_private_server()
     try:
         yield pgdata, admin
     finally:
         destroy_scratch(pgdata)
+
+
+@pytest.fixture
+def private_pg(private_server: tuple[Path, str]) -> tuple[Path, str]:
+    """A private embedded PostgreSQL that tests may stop and restart: (pgdata, admin DSN).
+
+    Running at the start of every test: one that stopped it and failed to start it again costs only itself.
+    """
+    pgdata, admin = private_server
+    ensure_private_running(pgdata, admin)
+    return pgdata, admin

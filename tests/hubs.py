@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import websockets
 
 from service.app import Hub, create_app, hub_of
@@ -110,6 +111,14 @@ class HubProcess:
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.requested_port or 0), *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parent.parent))
         log.close()
+        try:
+            return self._wait_live(offset, timeout)
+        except BaseException:
+            self.kill()  # callers start hubs outside their try: a hub that did not come up must not outlive this
+            raise
+
+    def _wait_live(self, offset: int, timeout: float) -> HubProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
@@ -132,16 +141,44 @@ class HubProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def kill(self) -> None:
+        """SIGKILL the hub and everything it started: `--workers N` workers would outlive their supervisor."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            try:
+                family = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                family = []
+            self.proc.send_signal(signal.SIGKILL)  # first, so that it cannot replace the workers killed below
             self.proc.wait(10)
+            kill_all(family)
 
-    def terminate(self) -> int:
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; a hub still running after `timeout` is killed (its exit code then says -9)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
         return int(self.proc.returncode)
+
+
+def kill_all(processes: list[psutil.Process], timeout: float = 10) -> None:
+    """SIGKILL these processes (gone ones are skipped) and wait until none is left running."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _running(process: psutil.Process) -> bool:
+    # An orphan's zombie waits for whoever adopted it to reap it: dead is enough here.
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 async def recv_json(ws: websockets.ClientConnection, timeout: float = 10) -> dict[str, Any]:

@@ -8,8 +8,10 @@ private embedded PostgreSQL in a temporary directory and deletes it at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +93,22 @@ def start_private(pgdata: Path, dsn: str) -> None:
 
     socket_dir = parse_qs(urlsplit(dsn).query)["host"][0]
     pg_ctl(pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o", f"-k {socket_dir}", "start")
+
+
+def ensure_private_running(pgdata: Path, dsn: str) -> None:
+    """Start the private server if it is down (an earlier test stopped it and could not start it again)."""
+    if not pg_ctl(pgdata, "status", check=False):
+        start_private(pgdata, dsn)
+
+
+@contextlib.asynccontextmanager
+async def private_down(pgdata: Path, dsn: str, mode: str = "fast") -> AsyncIterator[None]:
+    """The private server stopped for the body; started again whatever the body does (fails, is cancelled)."""
+    await asyncio.to_thread(pg_ctl, pgdata, "-m", mode, "stop")
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(start_private, pgdata, dsn)
 
 
 def start_private_server() -> tuple[Path, str]:

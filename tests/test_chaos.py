@@ -34,10 +34,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from service.auth import mint
-from service.embedded import pg_ctl
 from service.settings import load_settings
 from tests.hubs import SECRET, HubProcess, RunningHub, connect, recv_json, running_hub
-from tests.pg import fresh_private_database, start_private
+from tests.pg import fresh_private_database, private_down
 
 CHAOS_SECONDS = float(os.environ.get("HUB_CHAOS_SECONDS", "15"))
 PERSISTED = ("trade_update", "log_stream", "notification")
@@ -294,9 +293,8 @@ async def _kill_listener_backend(dsn: str) -> int:
 
 
 async def _restart_pg(pgdata: Path, dsn: str, mode: str) -> None:
-    await asyncio.to_thread(pg_ctl, pgdata, "-m", mode, "stop")
-    await asyncio.sleep(1.0)  # an outage writers and resuming clients must live through
-    await asyncio.to_thread(start_private, pgdata, dsn)
+    async with private_down(pgdata, dsn, mode):  # back up even when wait_for cancels the outage
+        await asyncio.sleep(1.0)  # an outage writers and resuming clients must live through
 
 
 async def _restart_hub(hub: HubProcess, log_dir: Path, incarnation: int) -> None:
@@ -433,15 +431,6 @@ def _summary(seed: int, faults: list[str], stats: list[WriterStats], clients: li
 
 # -- the two faults above, pinned down one at a time ---------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def _database_down(pgdata: Path, dsn: str) -> AsyncIterator[None]:
-    await asyncio.to_thread(pg_ctl, pgdata, "-m", "fast", "stop")
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(start_private, pgdata, dsn)
-
-
 async def _hub_at(hub: RunningHub, dsn: str, n: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -460,7 +449,7 @@ async def test_1013_during_resume_names_the_clients_own_since(chaos_db: tuple[Pa
     pgdata, dsn = chaos_db
     async with running_hub(dsn) as hub:
         await _hub_at(hub, dsn, 5)
-        async with _database_down(pgdata, dsn):
+        async with private_down(pgdata, dsn):
             async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream&since=1") as ws:
                 assert (await recv_json(ws))["type"] == "welcome"
                 with pytest.raises(ConnectionClosed) as info:
@@ -486,7 +475,7 @@ async def test_replay_api_answers_503_while_the_database_is_down(chaos_db: tuple
             await _hub_at(hub, dsn, 3)
             headers = {"Authorization": f"Bearer {hub.token()}"}
             async with httpx.AsyncClient(timeout=10) as http:
-                async with _database_down(pgdata, dsn):
+                async with private_down(pgdata, dsn):
                     events = await http.get(f"{hub.http}/api/events?since=0", headers=headers)
                     snapshot = await http.get(f"{hub.http}/api/snapshot", headers=headers)
                 assert (events.status_code, snapshot.status_code) == (503, 503), (events.text, snapshot.text)

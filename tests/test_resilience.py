@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from service.embedded import pg_ctl
-from tests.hubs import HubProcess, RunningHub, connect, recv_json, recv_until, running_hub
-from tests.pg import fresh_private_database, start_private
+from service.client import Connected, HubClient, Reconnecting, Resumed
+from tests.hubs import HubProcess, RunningHub, connect, kill_all, recv_json, recv_until, running_hub
+from tests.pg import PgServer, fresh_private_database, private_down
 
 
 async def _write_logs(dsn: str, n: int, size: int = 0, pace: float = 0.0) -> None:
@@ -146,33 +147,61 @@ async def test_listener_backend_killed_clients_stay_and_nothing_is_lost(hub: Run
         assert "DEGRADED" in statuses and statuses[-1] == "RUNNING"
 
 
-async def test_a_log_that_went_backwards_closes_clients_1012_and_live_goes_on(hub: RunningHub,
-                                                                              db: asyncpg.Connection) -> None:
+async def test_a_restored_log_closes_clients_4410_and_live_goes_on(hub: RunningHub, pg: PgServer,
+                                                                   db: asyncpg.Connection) -> None:
     """A restore (or a failover to a lagging replica) without the fence: events the clients hold vanish and
-    their seqs are issued again. A running hub must not skip the new events as already dispatched."""
+    their seqs are issued again, here even past the hub's position before its listener is back. A running
+    hub must neither skip the new events nor let its clients resume as if nothing happened."""
     token = hub.token()
+    client = HubClient(hub.http, token, topics=["log_stream"], backoff_base=0.05)
+    items = client.__aiter__()
+    assert isinstance(await asyncio.wait_for(items.__anext__(), 10), Connected)
     async with await connect(f"{hub.ws}?token={token}&topics=log_stream") as old:
         await recv_json(old)
         await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'before ' || g FROM generate_series(1, 6) g")
-        seen = [(await recv_until(old, _is_event_with_seq))["seq"] for _ in range(6)]
-        assert seen == [1, 2, 3, 4, 5, 6]
-        # What the restored database looks like: the log ends at 3 and the sequence continues from there.
-        await db.execute("DELETE FROM events WHERE seq > 3")
-        await db.execute("SELECT setval('events_seq', 3)")
-        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+        assert [(await recv_until(old, _is_event_with_seq))["seq"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+        name = await db.fetchval("SELECT current_database()")
+        admin = await asyncpg.connect(pg.admin_dsn)
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")  # the listener cannot come back yet
+        try:
+            await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+            # What the restored database looks like, after new writes: 4..7 are other events than the 4..6
+            # the clients saw, and the head (7) is already past the hub's position (6).
+            await db.execute("DELETE FROM events WHERE seq > 3")
+            await db.execute("SELECT setval('events_seq', 3)")
+            await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'after ' || g FROM generate_series(1, 4) g")
+        finally:
+            await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+            await admin.close()
         with pytest.raises(ConnectionClosed) as info:
             while True:
                 await recv_json(old, 20)
         assert info.value.rcvd is not None
-        assert (info.value.rcvd.code, info.value.rcvd.reason) == (1012, "event log reset; reconnect with since")
-    async with await connect(f"{hub.ws}?token={token}&topics=log_stream&since=6") as back:
+        assert (info.value.rcvd.code, info.value.rcvd.reason) == (4410, "event log restored to an earlier point; "
+                                                                        "reload")
+    # What the dashboard does on 4410: reload from a snapshot, then connect with since=<its head>.
+    async with httpx.AsyncClient(base_url=hub.http, headers={"Authorization": f"Bearer {token}"}) as http:
+        snapshot = (await http.get("/api/snapshot")).json()
+    assert snapshot["head"] == 7 and [line["msg"] for line in snapshot["logs"]][-4:] == [
+        "after 1", "after 2", "after 3", "after 4"]
+    async with await connect(f"{hub.ws}?token={token}&topics=log_stream&since=7") as back:
         await recv_json(back)
-        replayed = await recv_until(back, lambda f: f.get("type") == "replayed")
-        assert (replayed["recovered"], replayed["head"]) == (False, 3)
-        await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'after one'), ('INFO', 'after two')")
-        new = [await recv_until(back, _is_event_with_seq) for _ in range(2)]
-        assert [(f["seq"], f["data"]["msg"]) for f in new] == [(4, "after one"), (5, "after two")]
+        assert (await recv_until(back, lambda f: f.get("type") == "replayed"))["recovered"] is True
+        await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'live again')")
+        frame = await recv_until(back, _is_event_with_seq)
+        assert (frame["seq"], frame["data"]["msg"]) == (8, "live again")
+    # HubClient: it does not resume with the seqs it held; it connects live and says "reload".
+    seen: list[Any] = []
+    try:
+        while not (seen and isinstance(seen[-1], Resumed)):
+            seen.append(await asyncio.wait_for(items.__anext__(), 20))
+    finally:
+        await client.aclose()
+    reconnecting = [i for i in seen if isinstance(i, Reconnecting)]
+    assert reconnecting and reconnecting[0].code == 4410
+    assert isinstance(seen[-2], Connected) and seen[-2].since is None
+    assert (seen[-1].recovered, seen[-1].since, seen[-1].reason) == (False, 6, "event log reset")
 
 
 def _is_event_with_seq(frame: dict[str, Any]) -> bool:
@@ -193,13 +222,12 @@ async def test_database_restart_degraded_then_running_and_no_event_lost(restarta
         async with await connect(f"{hub.ws}?token={hub.token()}") as ws:
             await recv_json(ws)
             await _write_logs(dsn, 20)
-            await asyncio.to_thread(pg_ctl, pgdata, "-m", "fast", "stop")
-            await recv_until(ws, _is_note("Connection Lost"))
-            await recv_until(ws, lambda f: f.get("topic") == "sys_status" and f["data"]["status"] == "DEGRADED")
-            # A new client can still connect during the outage.
-            async with await connect(f"{hub.ws}?token={hub.token()}&topics=sys_status") as during:
-                assert (await recv_json(during))["type"] == "welcome"
-            await asyncio.to_thread(start_private, pgdata, dsn)
+            async with private_down(pgdata, dsn):  # started again even if an assertion in here fails
+                await recv_until(ws, _is_note("Connection Lost"))
+                await recv_until(ws, lambda f: f.get("topic") == "sys_status" and f["data"]["status"] == "DEGRADED")
+                # A new client can still connect during the outage.
+                async with await connect(f"{hub.ws}?token={hub.token()}&topics=sys_status") as during:
+                    assert (await recv_json(during))["type"] == "welcome"
             await _write_logs(dsn, 20)
             await recv_until(ws, _is_note("Connection Restored"), timeout=30)
             conn = await asyncpg.connect(dsn)
@@ -222,9 +250,10 @@ async def recv_status_running(hub: RunningHub) -> None:
 # -- several hub processes on one database ---------------------------------------------------------------
 
 async def test_two_hub_processes_send_identical_streams_and_a_client_can_move(dsn: str, tmp_path: Path) -> None:
-    a = HubProcess(dsn, tmp_path / "a.log").start()
-    b = HubProcess(dsn, tmp_path / "b.log").start()
+    a, b = HubProcess(dsn, tmp_path / "a.log"), HubProcess(dsn, tmp_path / "b.log")
     try:
+        a.start()
+        b.start()
         from service.auth import mint
         from service.settings import load_settings
         from tests.hubs import SECRET
@@ -256,26 +285,31 @@ async def test_two_hub_processes_send_identical_streams_and_a_client_can_move(ds
         for ws in (on_a, on_b, mover):
             await ws.close()
     finally:
-        assert a.terminate() == 0 and b.terminate() == 0
+        # Each on its own: a hub that fails to stop must not leave the other running.
+        codes = [hub.terminate() for hub in (a, b) if hub.proc is not None]
+    assert codes == [0, 0]
     log_a = (tmp_path / "a.log").read_text()
     assert token not in log_a and "token=[REDACTED]" in log_a
 
 
 async def test_sigterm_closes_clients_1001(dsn: str, tmp_path: Path) -> None:
     proc = HubProcess(dsn, tmp_path / "hub.log").start()
-    from service.auth import mint
-    from service.settings import load_settings
-    from tests.hubs import SECRET
+    try:
+        from service.auth import mint
+        from service.settings import load_settings
+        from tests.hubs import SECRET
 
-    token = mint(load_settings(jwt_secret=SECRET), SECRET, subject="t", ttl_s=600)
-    ws = await connect(f"{proc.ws}?token={token}")
-    await recv_json(ws)
-    proc.proc.send_signal(15)  # type: ignore[union-attr]
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            await recv_json(ws)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-    assert await asyncio.to_thread(proc.proc.wait, 30) == 0  # type: ignore[union-attr]
+        token = mint(load_settings(jwt_secret=SECRET), SECRET, subject="t", ttl_s=600)
+        ws = await connect(f"{proc.ws}?token={token}")
+        await recv_json(ws)
+        proc.proc.send_signal(15)  # type: ignore[union-attr]
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                await recv_json(ws)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert await asyncio.to_thread(proc.proc.wait, 30) == 0  # type: ignore[union-attr]
+    finally:
+        proc.kill()
 
 
 def _workers(proc: HubProcess) -> list[psutil.Process]:
@@ -314,6 +348,9 @@ async def _served(url: str, dsn: str, n: int) -> list[int]:
 async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_closes_1001(
         dsn: str, tmp_path: Path) -> None:
     proc = HubProcess(dsn, tmp_path / "hub.log", args=("--workers", "2")).start()
+    before: list[psutil.Process] = []
+    now: list[psutil.Process] = []
+    family: list[psutil.Process] = []
     try:
         from service.auth import mint
         from service.settings import load_settings
@@ -349,6 +386,7 @@ async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_cl
 
         ws = await connect(url)
         await recv_json(ws)
+        family = psutil.Process(proc.proc.pid).children(recursive=True)  # type: ignore[union-attr]
         proc.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         with pytest.raises(ConnectionClosed) as info:
             while True:
@@ -357,7 +395,10 @@ async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_cl
         assert await asyncio.to_thread(proc.proc.wait, 30) == 0  # type: ignore[union-attr]
         assert not any(_alive(p) for p in now)
     finally:
-        proc.kill()
+        proc.kill()  # the supervisor and its children, while it still runs
+        # Children of a supervisor that already exited are orphans nobody stops: the workers seen here and
+        # all it had just before SIGTERM (its resource tracker too).
+        await asyncio.to_thread(kill_all, [*family, *before, *now])
 
 
 async def test_a_half_open_client_that_never_answers_pings_is_dropped(dsn: str) -> None:
