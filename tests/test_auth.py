@@ -153,7 +153,7 @@ async def test_token_expiring_mid_session_closes_4001(hub: RunningHub) -> None:
 
 
 async def test_refresh_in_band_keeps_the_session(hub: RunningHub) -> None:
-    first = hub.token(ttl=3)  # room for the bad refreshes below on a busy machine, short enough to outwait
+    first = hub.token(ttl=5)  # exp is whole seconds: 4-5 s of room for the bad refreshes below, short enough to outwait
     first_exp = jwt.get_unverified_claims(first)["exp"]
     async with await connect(f"{hub.ws}?token={first}") as ws:
         assert (await recv_json(ws))["type"] == "welcome"

@@ -257,7 +257,7 @@ async def test_log_stream_filters_pauses_and_stays_bounded(browser: Browser, hub
 
 async def test_expired_token_stops_reconnecting_until_a_new_one_is_pasted(
         browser: Browser, hub: RunningHub, db: asyncpg.Connection) -> None:
-    dash = await open_dashboard(browser, hub.http, hub.token(ttl=3))
+    dash = await open_dashboard(browser, hub.http, hub.token(ttl=8))  # room to reach "live" first on a busy machine
     page = dash.page
     await page.wait_for_selector('#conn[data-status="unauthorized"]', timeout=HANG_MS)
     state = await dash.state()

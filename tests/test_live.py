@@ -32,7 +32,7 @@ async def test_welcome_then_sys_status_then_all_four_topics(hub: RunningHub, db:
         assert welcome["type"] == "welcome"
         assert welcome["topics"] == ["log_stream", "notification", "sys_status", "trade_update"]
         assert (welcome["head"], welcome["oldest"], welcome["heartbeat_s"]) == (0, 1, 0.5)
-        status = await recv_json(ws, timeout=2)  # right away, not after a heartbeat period
+        status = await recv_json(ws)
         assert status["topic"] == "sys_status" and status["seq"] is None
         assert status["data"]["status"] == "RUNNING" and 0 <= status["data"]["cpu"] <= 100
         assert 0 < status["data"]["ram"] <= 100
@@ -45,8 +45,17 @@ async def test_welcome_then_sys_status_then_all_four_topics(hub: RunningHub, db:
                 seen[frame["topic"]] = frame
         assert [seen[t]["seq"] for t in ("trade_update", "log_stream", "notification")] == [1, 2, 3]
         assert seen["notification"]["data"]["type"] == "error"
-        beat = await recv_until(ws, _is_event("sys_status"), timeout=3)
-        assert beat["data"]["connections"] == 1 and beat["data"]["last_seq"] == 3
+        # A beat samples last_seq before its database read and is sent after it: wait for one that saw 3.
+        beat = await recv_until(ws, lambda f: _is_event("sys_status")(f) and f["data"]["last_seq"] == 3)
+        assert beat["data"]["connections"] == 1 and beat["data"]["head"] == 3
+
+
+async def test_a_new_client_gets_the_latest_sys_status_at_once(dsn: str) -> None:
+    async with running_hub(dsn, heartbeat_s=60) as hub:
+        async with await connect(f"{hub.ws}?token={hub.token()}&topics=sys_status") as ws:
+            assert (await recv_json(ws))["type"] == "welcome"
+            status = await recv_json(ws)  # the next beat is a minute away: only the latest sample can be this
+            assert status["topic"] == "sys_status" and status["data"]["status"] == "RUNNING"
 
 
 async def test_topics_at_connect_and_subscribe_unsubscribe(hub: RunningHub, db: asyncpg.Connection) -> None:
@@ -201,13 +210,16 @@ async def test_resume_while_writers_write_has_no_gap_and_no_duplicate(hub: Runni
             async with await connect(f"{hub.ws}?token={token}&since={since}&topics=log_stream,trade_update") as ws:
                 assert (await recv_json(ws))["resume"] is True
                 replayed = None
-                while replayed is None or len(received) < 20 + replayed["count"]:
+                got: list[int] = []  # this connection's: the replay, then at least 20 live events after it
+                while replayed is None or len(got) < 20 + replayed["count"]:
                     frame = await recv_json(ws)
                     if frame["type"] == "replayed":
                         replayed = frame
                         assert frame["recovered"] is True and frame["since"] == since
+                        assert frame["count"] == len(got)
                     elif frame["type"] == "event" and frame["seq"] is not None:
-                        received.append(frame["seq"])
+                        got.append(frame["seq"])
+                received += got
                 since = received[-1]
             await asyncio.sleep(0.1)
         stop.set()

@@ -161,6 +161,17 @@ async def test_snapshot_under_concurrent_writes_matches_replay(hub: RunningHub, 
             stop.set()
             await task
             state = {t["id"]: t["status"] for t in snap["open_trades"]}
+            # The snapshot is the state at exactly its head: neither older nor newer (events are immutable,
+            # so reading them now tells what the state was at that seq).
+            at_head: dict[int, str] = {}
+            for r in await writer.fetch(
+                    "SELECT (payload -> 'trade' ->> 'id')::bigint AS id, payload -> 'trade' ->> 'status' AS status "
+                    "FROM events WHERE topic = 'trade_update' AND seq <= $1 ORDER BY seq", snap["head"]):
+                if r["status"] in ("CLOSED", "CANCELLED", "REJECTED"):
+                    at_head.pop(r["id"], None)
+                else:
+                    at_head[r["id"]] = r["status"]
+            assert state == at_head and len(at_head) > 3
             since = snap["head"]
             while True:
                 page = (await http.get("/api/events", params={"since": since, "topics": "trade_update"})).json()
