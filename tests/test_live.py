@@ -309,3 +309,58 @@ async def test_a_fresh_client_gets_every_event_after_its_welcome_head(hub: Runni
     finally:
         stop.set()
         await asyncio.gather(writing, return_exceptions=True)
+
+
+async def test_a_client_that_falls_behind_is_closed_4008_naming_its_last_seq(dsn: str,
+                                                                             db: asyncpg.Connection) -> None:
+    """A burst bigger than the client's queue (here 50 frames) closes it 4008; the reason names the last seq
+    it was sent, so resuming from there loses and repeats nothing."""
+    async with running_hub(dsn, queue_max_frames=50) as hub:
+        url = f"{hub.ws}?token={hub.token()}&topics=log_stream"
+        async with await connect(url) as ws:
+            await recv_json(ws)
+            # One transaction of 8 MB: the listener dispatches a page of 1000 in one go (this client shares
+            # the hub's event loop, so it cannot read meanwhile), past what loopback buffers (~4 MB) and the
+            # transport's high-water mark, so the rest queues and overflows.
+            await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', g || repeat('x', 8000) "
+                             "FROM generate_series(1, 1000) g")
+            got: list[int] = []
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    frame = await recv_json(ws, 20)
+                    if frame["type"] == "event" and frame["seq"] is not None:
+                        got.append(frame["seq"])
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4008
+        assert info.value.rcvd.reason == f"too slow; resume with since={got[-1]}"
+        assert got == list(range(1, len(got) + 1)) and len(got) < 1000
+        async with await connect(f"{url}&since={got[-1]}") as ws:
+            await recv_json(ws)
+            rest = await _collect_events(ws, 1000)
+        assert got + rest == list(range(1, 1001))
+
+
+async def test_a_subscribe_during_a_resume_takes_effect_after_replayed(dsn: str, db: asyncpg.Connection) -> None:
+    """docs/protocol.md: the `topics` answer comes after `replayed`, and the new topic's events committed after
+    that answer arrive; the replay is exactly the old topics' events, once each."""
+    await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'missed ' || g FROM generate_series(1, 300) g")
+    async with running_hub(dsn, replay_page=10) as hub:
+        async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream&since=0") as ws:
+            await ws.send(json.dumps({"type": "subscribe", "topics": ["trade_update"]}))
+            order: list[str] = []
+            logs: list[int] = []
+            while "topics" not in order:
+                frame = await recv_json(ws)
+                if frame["type"] == "event" and frame["seq"] is not None:
+                    assert frame["topic"] == "log_stream", frame  # nothing of the new topic before the answer
+                    logs.append(frame["seq"])
+                elif frame["type"] in ("welcome", "replayed", "topics"):
+                    order.append(frame["type"])
+            assert order == ["welcome", "replayed", "topics"] and logs == list(range(1, 301))
+            await db.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('BTCUSDT', 'BUY', 1)")
+            await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'after')")
+            frames = [await recv_until(ws, _is_event_with_seq) for _ in range(2)]
+            assert [(f["topic"], f["seq"]) for f in frames] == [("trade_update", 301), ("log_stream", 302)]
+
+
+def _is_event_with_seq(frame: dict[str, Any]) -> bool:
+    return frame.get("type") == "event" and frame.get("seq") is not None
