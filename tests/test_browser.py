@@ -28,6 +28,7 @@ import pytest
 
 from service.auth import mint
 from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings
+from tests.pg import PgServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 try:
@@ -394,6 +395,43 @@ async def test_page_converges_after_hub_sigkill_and_restart(browser: Browser, ds
         if writer is not None and not writer.done():
             await writer
         await asyncio.to_thread(proc.kill)
+
+
+async def test_page_reloads_when_the_hub_finds_its_log_restored(browser: Browser, hub: RunningHub, pg: PgServer,
+                                                                db: asyncpg.Connection) -> None:
+    """A restore without the fence under a running hub: trades 4-6 and their events vanish, and new trades
+    take seqs 4-7 before the hub's listener is back. The hub closes the page 4410; the page must reload
+    rather than resume (a resume from seq 6 would look successful and keep the vanished trades)."""
+    dash = await open_dashboard(browser, hub.http, hub.token(sub="operator"))
+    await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'OLD' || g, 'BUY', 1 "
+                     "FROM generate_series(1, 6) g")
+    await caught_up(dash, db)
+    name = await db.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(pg.admin_dsn)
+    await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")  # the listener cannot come back yet
+    try:
+        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+        async with db.transaction():
+            await db.execute("SET LOCAL session_replication_role = replica")  # a restore fires no triggers
+            await db.execute("DELETE FROM trades WHERE id > 3")
+            await db.execute("DELETE FROM events WHERE seq > 3")
+            await db.execute("SELECT setval('events_seq', 3)")
+        await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'NEW' || g, 'SELL', 2 "
+                         "FROM generate_series(1, 4) g")
+    finally:
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await admin.close()
+    await dash.wait_js("window.zepix.state.connection.closeCodes.includes(4410)")
+    await dash.wait_js("window.zepix.state.connection.reloads >= 1")
+    head = await caught_up(dash, db)
+    rows = await db.fetch("SELECT id, symbol FROM trades WHERE status = ANY($1::text[])", list(OPEN_STATUSES))
+    assert len(rows) == 7 and head == 7
+    shown = {t["id"] for t in await dash.page.evaluate("window.zepix.openTrades()")}
+    assert shown == {r["id"] for r in rows}
+    dom = await dash.page.eval_on_selector_all("#trades-body tr[data-trade-id]", "(rows) => rows.length")
+    assert dom == 7
+    assert dash.errors(allow_network=True) == []
 
 
 async def test_dashboard_screenshot(browser: Browser, hub: RunningHub, db: asyncpg.Connection) -> None:

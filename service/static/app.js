@@ -710,8 +710,9 @@
   class AuthFailure extends Error {}
 
   async function fetchSnapshot() {
+    // A stalled request would leave the page "Reloading…" for good, buffering live frames: give up and retry.
     const r = await fetch(new URL('api/snapshot', document.baseURI), {
-      headers: { Authorization: `Bearer ${state.token}` }, cache: 'no-store',
+      headers: { Authorization: `Bearer ${state.token}` }, cache: 'no-store', signal: AbortSignal.timeout(15000),
     });
     if (r.status === 401 || r.status === 403) {
       let detail = '';
@@ -727,6 +728,12 @@
     lastFrameAt: 0, pingSentAt: 0, heartbeatMs: 5000, everLive: false, needReload: false, starts: 0,
   };
 
+  // A cleared timer must read as "none pending": hurry() tests net.timer to know a reconnect is waiting.
+  function cancelTimer() {
+    clearTimeout(net.timer);
+    net.timer = null;
+  }
+
   function wsUrl() {
     const url = new URL('ws/live', document.baseURI);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -735,7 +742,7 @@
   }
 
   function connect() {
-    clearTimeout(net.timer);
+    cancelTimer();
     if (net.stopped) return;
     drop();
     // A reload cut short by a lost socket is abandoned: the new socket's `replayed` decides afresh.
@@ -791,7 +798,7 @@
 
   function halt(status, text, body, askToken) {
     net.stopped = true;
-    clearTimeout(net.timer);
+    cancelTimer();
     drop();
     setConn(status, text, body);
     showBanner(text, body, askToken);
@@ -799,7 +806,7 @@
 
   function scheduleReconnect(why) {
     if (net.stopped) return;
-    clearTimeout(net.timer);
+    cancelTimer();
     net.attempt += 1;
     if (net.everLive) state.conn.reconnects += 1;
     // Exponential backoff with jitter: a restarted hub is not hit by every dashboard at once.
@@ -911,7 +918,7 @@
   }
 
   async function start() {
-    clearTimeout(net.timer);
+    cancelTimer();
     drop();
     net.stopped = false;
     net.needReload = false;
@@ -925,10 +932,12 @@
     }
     if (!net.everLive) setConn('connecting', 'Connecting…', 'Loading the current state');
     const mine = ++net.starts;  // a newer start() (a pasted token) supersedes this one
+    const reload = net.everLive;  // not the first load: after a 4400 or 4410, or a new token
     try {
       const snap = await fetchSnapshot();
       if (net.stopped || mine !== net.starts) return;
       renderSnapshot(snap);
+      if (reload) state.conn.reloads += 1;
     } catch (err) {
       if (net.stopped || mine !== net.starts) return;
       if (err instanceof AuthFailure) {
@@ -976,7 +985,7 @@
     const hurry = () => {
       if (!net.stopped && !net.ws && net.timer) {
         net.attempt = 0;
-        clearTimeout(net.timer);
+        cancelTimer();
         if (net.needReload || state.lastSeq === null) start(); else connect();
       }
     };
