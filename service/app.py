@@ -94,7 +94,7 @@ class Hub:
                   "live again from head %d", dispatched, len(self.manager), head)
         self.head_hint = head
         for client in self.manager.clients:
-            client.request_close(CLOSE_LOG_RESET, "event log restored to an earlier point; reload")
+            client.request_close(CLOSE_LOG_RESET, "event log restored to an earlier point; reload", override=True)
 
     def _listener_state(self, up: bool) -> None:
         self.metrics.listener_up.set(1 if up else 0)

@@ -103,9 +103,10 @@ class Client:
             self.request_close(CLOSE_TOO_SLOW, self.too_slow_reason())
         self.wake.set()
 
-    def request_close(self, code: int, reason: str) -> None:
-        """Ask the sender task to close the socket after what it is writing now; idempotent."""
-        if self.close_request is None:
+    def request_close(self, code: int, reason: str, *, override: bool = False) -> None:
+        """Ask the sender task to close the socket after what it is writing now. The first request wins,
+        unless `override` (a 4410 must replace a pending "resume with since": resuming would be wrong)."""
+        if self.close_request is None or override:
             self.close_request = (code, reason[:120])  # a close reason must fit in 123 bytes
         self.idle = False
         self.wake.set()
@@ -213,6 +214,9 @@ class Client:
         self.sending_since = None
 
     async def _do_close(self, code: int, reason: str) -> None:
+        if code == CLOSE_TOO_SLOW:
+            # Named now, not when requested: a replay page written meanwhile moved `delivered` on.
+            reason = self.too_slow_reason()
         self.close_code = code
         # A socket the watchdog found stalled will not take a close frame either: do not wait long for it.
         wait = 0.2 if self.interrupted else self._settings.send_timeout_s

@@ -69,17 +69,19 @@ def _check_hosts(url: str) -> None:
         if host.startswith("["):
             address, bracket, rest = host[1:].partition("]")
             if not bracket or not address or (rest and not rest.startswith(":")):
-                raise ConfigError(f"invalid database URL {_shown(url)!r}: bad IPv6 host {host!r}")
+                raise ConfigError(f"invalid database URL {_shown(url)!r}: bad IPv6 host")
             ports.append(rest[1:])
         elif "]" in host or "[" in host:
-            raise ConfigError(f"invalid database URL {_shown(url)!r}: bad host {host!r}")
+            raise ConfigError(f"invalid database URL {_shown(url)!r}: bad host")
         else:
             ports.append(host.rpartition(":")[2] if ":" in host else "")
     for value in parse_qs(parts.query).get("port", []):
         ports.extend(value.split(","))
     for port in ports:
         if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            raise ConfigError(f"invalid database URL {_shown(url)!r}: port must be 1-65535, not {port!r}")
+            # Not echoed: a password with an unencoded '#', '/' or '?' ends up here, cut in pieces.
+            raise ConfigError(f"invalid database URL {_shown(url)!r}: the port must be 1-65535 "
+                              "(percent-encode '@', '#', '/', '?' and ':' in a user name or password)")
 
 
 def mask_dsn(dsn: str) -> str:
@@ -89,10 +91,12 @@ def mask_dsn(dsn: str) -> str:
 
 
 def _shown(url: str) -> str:
-    """The URL for an error message: without its password, even when the scheme is missing."""
-    masked = mask_dsn(url)
-    if "://" not in masked:
-        masked = re.sub(r"^[^@/]*@", "***@", masked)
+    """The URL for an error message: everything before the last '@' of its authority hidden, because a URL
+    that failed to parse may be one whose password holds an unencoded '#', '/' or '?'."""
+    masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    if "@" in masked:
+        scheme, sep, rest = masked.partition("://")
+        masked = (scheme + sep if sep else "") + "***@" + (rest if sep else scheme).rpartition("@")[2]
     return masked[:200]
 
 

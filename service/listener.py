@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -33,7 +34,7 @@ import asyncpg
 from .database import connect
 from .frames import Frame
 from .settings import Settings
-from .store import EventStore
+from .store import EventStore, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,6 @@ class Listener:
                 self._lost.clear()
                 conn.add_termination_listener(self._on_terminate)
                 await conn.add_listener(CHANNEL, self._on_notify)
-                await self._check_not_rewound(conn)
                 await self._catch_up(conn)  # after LISTEN: whatever committed meanwhile is read or notified
                 self._set_up(True)
                 backoff = 0.1
@@ -134,37 +134,63 @@ class Listener:
                 await conn.fetchval("SELECT 1", timeout=min(5.0, health_every))
                 next_health = loop.time() + health_every
 
-    async def _check_not_rewound(self, conn: asyncpg.Connection) -> None:
-        """Is the event this hub dispatched last still the log's event of that seq? If it vanished (and was
-        not pruned) or differs, the database came back from a restore or a failover to a lagging replica
-        without the fence (docs/dba.md): seqs the clients hold now name other events, or will. Reading
-        after last_seq would skip those, so start again from the head, as at start-up, and let the hub
-        tell its clients to reload. The height alone is not enough: writes after the restore may already
-        have carried the head past last_seq."""
-        if self.last_seq == 0:
-            return
-        frame, head, floor = await self._store.event_at(conn, self.last_seq)
-        gone = frame is None and floor < self.last_seq
-        changed = frame is not None and self._last_frame is not None and frame != self._last_frame
-        if gone or changed:
-            rewound_from, self.last_seq, self._last_frame = self.last_seq, head, None
-            self._on_reset(rewound_from, head)
-        elif self._last_frame is None:
-            self._last_frame = frame  # the start position: known from here on
-
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
-        """Dispatch every committed event after last_seq, in order, page by page."""
+        """Dispatch every committed event after last_seq, in order, page by page.
+
+        Each read starts at last_seq itself, so every read also checks that the event this hub dispatched
+        last is still the log's event of that seq (see _rewound): one row more per read, no extra query.
+        """
         self._needs_read = False  # a notification arriving during the read sets it again: read once more
         page = self._settings.replay_page
         while True:
-            result = await self._store.read_live(conn, self.last_seq, page)
-            for ev in result:
+            rows = await self._store.read_live(conn, self.last_seq, page + 1)
+            if self.last_seq and not self._still_ours(rows) and await self._rewound(conn, rows):
+                continue  # the position moved to the head: read from there
+            for ev in rows:
                 if ev.seq > self.last_seq:
                     self._emit(Frame(ev.topic, ev.seq, ev.frame))
-            if len(result) < page:
+            if len(rows) <= page:
                 break
+
+    def _still_ours(self, rows: list[StoredEvent]) -> bool:
+        """Is the first row the event at last_seq that this hub dispatched?"""
+        if not rows or rows[0].seq != self.last_seq:
+            return False
+        first = rows[0].frame
+        if self._last_frame is None:
+            self._last_frame = first  # the start position: known from here on
+        # The same event renders to the same text, but a migration may render it anew (key order): then
+        # compare what makes it that event, its topic and commit-time timestamp.
+        if first == self._last_frame:
+            return True
+        if _identity(first) != _identity(self._last_frame):
+            return False
+        self._last_frame = first
+        return True
+
+    async def _rewound(self, conn: asyncpg.Connection, rows: list[StoredEvent]) -> bool:
+        """The event at last_seq is gone or different. Pruned exactly through it is normal (the floor is
+        then last_seq). Otherwise the log was replaced under us: a restore or a failover to a lagging
+        replica, with or without the fence in docs/dba.md (which raises the floor past it). The seqs the
+        clients hold name other events now, or will: start again from the head, as at start-up, and let
+        the hub tell its clients to reload. Returns whether it reset."""
+        pos = await self._store.position_on(conn)
+        if not (rows and rows[0].seq == self.last_seq) and pos.floor == self.last_seq:
+            return False
+        rewound_from, self.last_seq, self._last_frame = self.last_seq, pos.head, None
+        self._on_reset(rewound_from, pos.head)
+        return True
 
     def _emit(self, frame: Frame) -> None:
         assert frame.seq is not None
         self.last_seq, self._last_frame = frame.seq, frame.text
         self._dispatch(frame)
+
+
+def _identity(frame: str) -> tuple[object, object]:
+    """(topic, ts) of a frame: an event's identity, whatever the rendering."""
+    try:
+        parsed = json.loads(frame)
+    except ValueError:
+        return (None, frame)
+    return (parsed.get("topic"), parsed.get("ts")) if isinstance(parsed, dict) else (None, frame)

@@ -121,18 +121,15 @@ class EventStore:
         return Page(events=events, position=pos, next_since=next_since)
 
     @staticmethod
-    async def event_at(conn: asyncpg.Connection, seq: int) -> tuple[str | None, int, int]:
-        """(frame of `seq` or None, head, retention floor), on the caller's connection: the listener's
-        identity check at every (re)connect."""
-        row = await conn.fetchrow(Q["event_at"], seq, timeout=READ_TIMEOUT_S)
-        assert row is not None
-        return row["frame"], int(row["head"]), int(row["pruned_through"])
+    async def position_on(conn: asyncpg.Connection) -> Position:
+        """The log's position, on the caller's connection (the listener's)."""
+        return _position(await conn.fetchrow(Q["log_position"], timeout=READ_TIMEOUT_S))
 
     @staticmethod
     async def read_live(conn: asyncpg.Connection, since: int, limit: int) -> list[StoredEvent]:
         """The listener's read, on its own connection (one round trip, no pool hand-over on the live path):
-        all topics after `since`. No floor check: the listener is always at the head."""
-        rows = await conn.fetch(Q["events_after"], since, limit, timeout=READ_TIMEOUT_S)
+        all topics from `since` on, `since` itself included. No floor check: the listener is at the head."""
+        rows = await conn.fetch(Q["events_from"], since, limit, timeout=READ_TIMEOUT_S)
         return [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
 
     async def iter_after(self, since: int, topics: Iterable[str] | None, page: int,

@@ -7,20 +7,21 @@
 -- the events a caller is about to read, so a prune cannot slip in between.
 SELECT head, oldest, pruned_through FROM event_log_status;
 
--- name: event_at
--- The listener's identity check at every (re)connect: the frame of seq $1 as
--- the log has it now (NULL if it is gone), with the head and the retention
--- floor. A frame that differs from the one the hub dispatched, or one missing
--- above the floor, means the log was restored to an earlier point.
-SELECT (SELECT hub_event_frame_v1(seq, topic, created_at, payload) FROM events WHERE seq = $1) AS frame,
-       head, pruned_through
-  FROM event_log_status;
-
 -- name: events_after
 -- Events after seq $1, in seq order, at most $2, rendered as client frames.
 SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
   FROM events
  WHERE seq > $1
+ ORDER BY seq
+ LIMIT $2;
+
+-- name: events_from
+-- The listener's read: like events_after, but starting AT seq $1, the event
+-- the hub dispatched last. Seeing it again, unchanged, proves the log was not
+-- restored to an earlier point under the hub (service/listener.py).
+SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
+  FROM events
+ WHERE seq >= $1
  ORDER BY seq
  LIMIT $2;
 

@@ -204,6 +204,47 @@ async def test_a_restored_log_closes_clients_4410_and_live_goes_on(hub: RunningH
     assert (seen[-1].recovered, seen[-1].since, seen[-1].reason) == (False, 6, "event log reset")
 
 
+FENCE = """
+BEGIN;
+SELECT pg_advisory_xact_lock(2053468265);
+SELECT setval('events_seq', greatest(coalesce((SELECT max(seq) FROM events), 0),
+                                     (SELECT pruned_through FROM event_retention),
+                                     (SELECT last_value FROM events_seq)) + 1000000000);
+UPDATE event_retention SET pruned_through = (SELECT last_value FROM events_seq), pruned_at = now();
+COMMIT;
+"""
+
+
+@pytest.mark.parametrize("how", ["in place", "fenced", "pruned"])
+async def test_the_listener_tells_a_replaced_log_from_a_pruned_one(hub: RunningHub, db: asyncpg.Connection,
+                                                                  how: str) -> None:
+    """Without its connection being cut: a log rewound in place (pg_restore --clean into the live database)
+    or rewound and then fenced (docs/dba.md) closes the clients 4410; the same events pruned by retention
+    close nobody."""
+    async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream") as old:
+        await recv_json(old)
+        await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'before ' || g FROM generate_series(1, 6) g")
+        assert [(await recv_until(old, _is_event_with_seq))["seq"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+        if how == "pruned":
+            await db.execute("DELETE FROM events")
+            await db.execute("UPDATE event_retention SET pruned_through = 6, pruned_at = now()")
+        else:
+            await db.execute("DELETE FROM events WHERE seq > 3")
+            await db.execute("SELECT setval('events_seq', 3)")
+            if how == "fenced":
+                await db.execute(FENCE)
+        await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'after ' || g FROM generate_series(1, 4) g")
+        if how == "pruned":
+            got = [(await recv_until(old, _is_event_with_seq))["seq"] for _ in range(4)]
+            assert got == [7, 8, 9, 10] and hub.hub.listener.up
+            return
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                frame = await recv_json(old, 20)
+                assert not _is_event_with_seq(frame), f"a client of the replaced log got {frame}"
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4410
+
+
 def _is_event_with_seq(frame: dict[str, Any]) -> bool:
     return frame.get("type") == "event" and frame.get("seq") is not None
 
