@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 import websockets
 
@@ -200,3 +201,21 @@ async def recv_until(ws: websockets.ClientConnection, pred: Any, timeout: float 
 
 async def connect(url: str, **kwargs: Any) -> websockets.ClientConnection:
     return await websockets.connect(url, open_timeout=10, close_timeout=2, max_size=None, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def listener_cut_off(admin_dsn: str, db: asyncpg.Connection) -> AsyncIterator[None]:
+    """What a restore looks like to a running hub: its listener's connection ends and cannot come back
+    until the block is done (the database refuses new connections; `db`, already open, goes on)."""
+    name = await db.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        try:
+            await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+            yield
+        finally:
+            await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    finally:
+        await admin.close()

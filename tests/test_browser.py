@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from service.auth import mint
-from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings
+from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings, listener_cut_off
 from tests.pg import PgServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -406,12 +406,7 @@ async def test_page_reloads_when_the_hub_finds_its_log_restored(browser: Browser
     await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'OLD' || g, 'BUY', 1 "
                      "FROM generate_series(1, 6) g")
     await caught_up(dash, db)
-    name = await db.fetchval("SELECT current_database()")
-    admin = await asyncpg.connect(pg.admin_dsn)
-    await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")  # the listener cannot come back yet
-    try:
-        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+    async with listener_cut_off(pg.admin_dsn, db):
         async with db.transaction():
             await db.execute("SET LOCAL session_replication_role = replica")  # a restore fires no triggers
             await db.execute("DELETE FROM trades WHERE id > 3")
@@ -419,9 +414,6 @@ async def test_page_reloads_when_the_hub_finds_its_log_restored(browser: Browser
             await db.execute("SELECT setval('events_seq', 3)")
         await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'NEW' || g, 'SELL', 2 "
                          "FROM generate_series(1, 4) g")
-    finally:
-        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-        await admin.close()
     await dash.wait_js("window.zepix.state.connection.closeCodes.includes(4410)")
     await dash.wait_js("window.zepix.state.connection.reloads >= 1")
     head = await caught_up(dash, db)

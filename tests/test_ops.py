@@ -233,16 +233,7 @@ async def test_pruning_takes_the_pruner_role(db: asyncpg.Connection, logins: Log
 
 
 # What docs/dba.md ("After a restore") tells a DBA to run before the bot and the hubs start again.
-RESTORE_FENCE = """
-BEGIN;
-SELECT pg_advisory_xact_lock(2053468265);
-SELECT setval('events_seq', greatest(coalesce((SELECT max(seq) FROM events), 0),
-                                     (SELECT pruned_through FROM event_retention),
-                                     (SELECT last_value FROM events_seq)) + 1000000000);
-UPDATE event_retention SET pruned_through = (SELECT last_value FROM events_seq), pruned_at = now();
-SELECT hub_notify('warning', 'Database restored', 'Live data was reloaded after a database restore');
-COMMIT;
-"""
+RESTORE_FENCE = (ROOT / "sql" / "ops" / "fence_after_restore.sql").read_text()
 
 
 async def test_restore_fence_makes_clients_from_before_the_restore_reload(hub: RunningHub,

@@ -21,7 +21,16 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from service.client import Connected, HubClient, Reconnecting, Resumed
-from tests.hubs import HubProcess, RunningHub, connect, kill_all, recv_json, recv_until, running_hub
+from tests.hubs import (
+    HubProcess,
+    RunningHub,
+    connect,
+    kill_all,
+    listener_cut_off,
+    recv_json,
+    recv_until,
+    running_hub,
+)
 from tests.pg import PgServer, fresh_private_database, private_down
 
 
@@ -160,20 +169,12 @@ async def test_a_restored_log_closes_clients_4410_and_live_goes_on(hub: RunningH
         await recv_json(old)
         await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'before ' || g FROM generate_series(1, 6) g")
         assert [(await recv_until(old, _is_event_with_seq))["seq"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
-        name = await db.fetchval("SELECT current_database()")
-        admin = await asyncpg.connect(pg.admin_dsn)
-        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")  # the listener cannot come back yet
-        try:
-            await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE application_name = 'zepix-hub-listener' AND datname = current_database()")
+        async with listener_cut_off(pg.admin_dsn, db):
             # What the restored database looks like, after new writes: 4..7 are other events than the 4..6
             # the clients saw, and the head (7) is already past the hub's position (6).
             await db.execute("DELETE FROM events WHERE seq > 3")
             await db.execute("SELECT setval('events_seq', 3)")
             await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'after ' || g FROM generate_series(1, 4) g")
-        finally:
-            await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-            await admin.close()
         with pytest.raises(ConnectionClosed) as info:
             while True:
                 await recv_json(old, 20)
@@ -204,15 +205,7 @@ async def test_a_restored_log_closes_clients_4410_and_live_goes_on(hub: RunningH
     assert (seen[-1].recovered, seen[-1].since, seen[-1].reason) == (False, 6, "event log reset")
 
 
-FENCE = """
-BEGIN;
-SELECT pg_advisory_xact_lock(2053468265);
-SELECT setval('events_seq', greatest(coalesce((SELECT max(seq) FROM events), 0),
-                                     (SELECT pruned_through FROM event_retention),
-                                     (SELECT last_value FROM events_seq)) + 1000000000);
-UPDATE event_retention SET pruned_through = (SELECT last_value FROM events_seq), pruned_at = now();
-COMMIT;
-"""
+FENCE = (Path(__file__).resolve().parent.parent / "sql" / "ops" / "fence_after_restore.sql").read_text()
 
 
 @pytest.mark.parametrize("how", ["in place", "fenced", "pruned"])
