@@ -89,9 +89,10 @@ class Hub:
     def _log_reset(self, dispatched: int, head: int) -> None:
         """The event log was restored to an earlier point under the listener: the clients hold seqs that the
         database no longer has, or has for other events. Close them 4410: they reload from a snapshot."""
-        log.error("event %d, the last this hub dispatched, is gone from the log or different (a restore or "
-                  "failover without the fence in docs/dba.md): closing %d client(s) 4410 so they reload; "
-                  "live again from head %d", dispatched, len(self.manager), head)
+        log.error("event %d, the last this hub dispatched, is gone from the log or different, or the retention "
+                  "floor passed it (a restore or failover, with or without the fence in docs/dba.md, or pruning "
+                  "past what this hub had sent): closing %d client(s) 4410 so they reload; live again from "
+                  "head %d", dispatched, len(self.manager), head)
         self.head_hint = head
         for client in self.manager.clients:
             client.request_close(CLOSE_LOG_RESET, "event log restored to an earlier point; reload", override=True)
