@@ -67,6 +67,21 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class Retrying(logging.Filter):
+    """asyncpg's pool logs "Failed to restore the pool connection floor; retrying" with a full traceback
+    every second while PostgreSQL is away. The hub already says so (listener DOWN, sys_status DEGRADED):
+    keep the line, with the error's one-line summary, and drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno < logging.ERROR:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """The text format, redacting the whole line: tracebacks and stacks never pass the filter."""
 
@@ -106,7 +121,7 @@ def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": RedactTokens}},
+        "filters": {"redact": {"()": RedactTokens}, "retrying": {"()": Retrying}},
         "formatters": {"default": formatter},
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default",
                                  "filters": ["redact"], "stream": "ext://sys.stderr"}},
@@ -115,6 +130,8 @@ def logging_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
             "uvicorn.error": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.access": {"handlers": ["default"], "level": level, "propagate": False},
             "service": {"handlers": ["default"], "level": level, "propagate": False},
+            "asyncpg.pool": {"handlers": ["default"], "level": "WARNING", "propagate": False,
+                             "filters": ["retrying"]},
         },
         "root": {"handlers": ["default"], "level": "WARNING"},
     }

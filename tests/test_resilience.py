@@ -310,6 +310,26 @@ async def test_database_restart_degraded_then_running_and_no_event_lost(restarta
         await recv_status_running(hub)
 
 
+async def test_a_database_outage_is_logged_in_lines_not_tracebacks(restartable: tuple[Path, str],
+                                                                   tmp_path: Path) -> None:
+    """While PostgreSQL is away, asyncpg's pool retries every second, with a traceback each time unless the
+    hub's logging trims it; the hub's own lines (listener lost) say the same in one line."""
+    pgdata, dsn = restartable
+    proc = await asyncio.to_thread(HubProcess(dsn, tmp_path / "hub.log").start)
+    try:
+        async with private_down(pgdata, dsn):
+            for _ in range(100):
+                if "Failed to restore the pool connection floor" in (tmp_path / "hub.log").read_text():
+                    break
+                await asyncio.sleep(0.1)
+        log = (tmp_path / "hub.log").read_text()
+        assert "Failed to restore the pool connection floor; retrying (" in log
+        assert "listener connection lost or failed" in log
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        await asyncio.to_thread(proc.kill)
+
+
 async def recv_status_running(hub: RunningHub) -> None:
     async with await connect(f"{hub.ws}?token={hub.token()}&topics=sys_status") as ws:
         await recv_json(ws)
