@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, HubError, UnknownTopicError
-from .frames import MAX_SEQ
+from .frames import parse_seq
 from .settings import LOG_LEVELS, Settings, display_host, load_settings
 
 log = logging.getLogger("service.cli")
@@ -60,9 +60,10 @@ def _positive_float(text: str) -> float:
 
 
 def _since(text: str) -> int:
-    if not text.isdigit() or int(text) > MAX_SEQ:
-        raise argparse.ArgumentTypeError(f"since must be a non-negative integer, not {text!r}")
-    return int(text)
+    try:
+        return parse_seq(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _settings(**overrides: object) -> Settings:

@@ -17,6 +17,17 @@ from typing import Any
 #: The largest seq a client may send (`since`): PostgreSQL's bigint.
 MAX_SEQ = 2**63 - 1
 
+
+def parse_seq(text: str) -> int:
+    """A seq given as text (`since` in a URL or on the command line); ValueError if it is not one.
+
+    ASCII digits only: str.isdigit also takes '١' and '²', which int() reads differently or not at all.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_SEQ:
+        raise ValueError(f"since must be a non-negative integer (a seq), not {text[:40]!r}")
+    return int(text)
+
+
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # hub shutting down: reconnect (elsewhere) and resume with since
 CLOSE_POLICY = 1008  # rate limit exceeded
@@ -26,8 +37,8 @@ CLOSE_TRY_AGAIN = 1013  # database unavailable during a resume: retry with the s
 CLOSE_UNAUTHORIZED = 4001  # token missing, invalid or expired: get a new token
 CLOSE_FORBIDDEN = 4003  # origin not allowed, or topics the token does not allow
 CLOSE_TOO_SLOW = 4008  # the client fell behind: reconnect with since=<last seq>
-CLOSE_LOG_RESET = 4410  # the event log was restored to an earlier point: reload from a snapshot
 CLOSE_BAD_REQUEST = 4400  # bad query parameters at connect (topics, since)
+CLOSE_LOG_RESET = 4410  # the event log was restored to an earlier point: reload from a snapshot
 
 
 @dataclass(frozen=True, slots=True)

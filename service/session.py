@@ -32,10 +32,10 @@ from .frames import (
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
-    MAX_SEQ,
     PONG,
     control,
     error,
+    parse_seq,
 )
 from .topics import PERSISTED_TOPICS, SYS_STATUS, parse_topics
 
@@ -97,14 +97,6 @@ class _RateLimit:
         return True
 
 
-def _parse_since(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_SEQ:
-        raise ValueError("since must be a non-negative integer (a seq)")
-    return int(raw)
-
-
 class Session:
     def __init__(self, ws: WebSocket, hub: Hub) -> None:
         self.ws = ws
@@ -162,7 +154,8 @@ class Session:
             raw_topics = ws.query_params.get("topics")
             topics = parse_topics(raw_topics) if raw_topics is not None else principal.topics
             principal.check_topics(topics)
-            since = _parse_since(ws.query_params.get("since"))
+            raw_since = ws.query_params.get("since")
+            since = parse_seq(raw_since) if raw_since is not None else None
         except ForbiddenTopicError as exc:
             return await self._refuse(CLOSE_FORBIDDEN, "topic not allowed", error("forbidden_topic", str(exc)).text)
         except (UnknownTopicError, ValueError) as exc:

@@ -224,8 +224,10 @@ async def test_configuration_errors_exit_2_with_a_clear_message(tmp_path: Path) 
         cli(cli_env(NO_DB, tmp_path), "tail", "--token", "t", "--since", "-1"),
         cli(cli_env(NO_DB, tmp_path, HUB_DEV="true", HUB_JWT_SECRET=""), "tail"),
         cli(cli_env(NO_DB, tmp_path, HUB_LOG_LEVEL="verbose"), "serve", "--port", "0"),
+        cli(cli_env(NO_DB, tmp_path), "tail", "--token", "t", "--since", "\u0661"),  # an Arabic-Indic one
     )
-    bad_alg, no_secret, short_secret, no_token, bad_topic, bad_url, bad_since, no_dev_secret, bad_level = runs
+    (bad_alg, no_secret, short_secret, no_token, bad_topic, bad_url, bad_since, no_dev_secret, bad_level,
+     digit_one) = runs
     assert_usage_error(bad_alg, "HUB_JWT_ALGORITHMS", "'none' is never allowed")
     assert_usage_error(no_secret, "no JWT key", "HUB_JWT_SECRET")
     assert_usage_error(short_secret, "HUB_JWT_SECRET is too short")
@@ -235,6 +237,7 @@ async def test_configuration_errors_exit_2_with_a_clear_message(tmp_path: Path) 
     assert_usage_error(bad_since, "since must be a non-negative integer")
     assert_usage_error(no_dev_secret, "no dev secret")
     assert_usage_error(bad_level, "HUB_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    assert_usage_error(digit_one, "since must be a non-negative integer")  # the same parser as ?since=
     assert not (tmp_path / "data" / "jwt-secret").exists()  # tail must not invent a secret the hub lacks
 
 
