@@ -128,8 +128,9 @@ class EventStore:
     @staticmethod
     async def read_live(conn: asyncpg.Connection, since: int, limit: int) -> list[StoredEvent]:
         """The listener's read, on its own connection (one round trip, no pool hand-over on the live path):
-        all topics from `since` on, `since` itself included. No floor check: the listener is at the head."""
-        rows = await conn.fetch(Q["events_from"], since, limit, timeout=READ_TIMEOUT_S)
+        all topics from `since` on, `since` itself included (it proves the log was not replaced under the
+        listener). No floor check: the listener is at the head."""
+        rows = await conn.fetch(Q["events_after"], since - 1, limit, timeout=READ_TIMEOUT_S)
         return [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
 
     async def iter_after(self, since: int, topics: Iterable[str] | None, page: int,

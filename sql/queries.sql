@@ -15,16 +15,6 @@ SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
  ORDER BY seq
  LIMIT $2;
 
--- name: events_from
--- The listener's read: like events_after, but starting AT seq $1, the event
--- the hub dispatched last. Seeing it again, unchanged, proves the log was not
--- restored to an earlier point under the hub (service/listener.py).
-SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
-  FROM events
- WHERE seq >= $1
- ORDER BY seq
- LIMIT $2;
-
 -- name: events_after_on_topics
 -- The same, restricted to the topics in $2. One ordered walk of
 -- events_topic_seq_idx per topic, each stopping after $3 rows, then a merge:
