@@ -93,7 +93,7 @@ def mask_dsn(dsn: str) -> str:
 def _shown(url: str) -> str:
     """The URL for an error message: everything before the last '@' of its authority hidden, because a URL
     that failed to parse may be one whose password holds an unencoded '#', '/' or '?'."""
-    masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    masked = mask_dsn(url)
     if "@" in masked:
         scheme, sep, rest = masked.partition("://")
         masked = (scheme + sep if sep else "") + "***@" + (rest if sep else scheme).rpartition("@")[2]
