@@ -216,10 +216,7 @@ class Session:
                 page = hub.settings.replay_page
                 batch: list[str] = []
                 last = client.delivered
-                # Up to the listener's position at registration, no further: live frames cover the rest, in
-                # order, and the client never holds a seq this hub's listener has not checked (a log
-                # restored under the hub is found by the listener, from the last event it dispatched).
-                async for ev in hub.store.iter_after(since, persisted, page, until=live_from):
+                async for ev in hub.store.iter_after(since, persisted, page):
                     if client.close_request is not None:
                         return  # closing (4001, 1008, 4008, 1001...): the sender closes once we return
                     batch.append(ev.frame)
@@ -233,8 +230,8 @@ class Session:
                 if batch:
                     await client.send_many(batch)
                     client.delivered = last
-            # Every event of the client's topics up to live_from is sent (or, above since, there was none).
-            client.delivered = max(client.delivered, live_from, since)
+            if count == 0:
+                client.delivered = max(live_from, since)
         except ResumeGone as exc:  # pruned while we read
             client.delivered = max(client.delivered if count else live_from, exc.head)
             hub.metrics.resumed(False, count)
