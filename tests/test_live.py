@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
 
 from tests.hubs import RunningHub, connect, recv_json, recv_until, running_hub
 
@@ -315,28 +316,55 @@ async def test_a_client_that_falls_behind_is_closed_4008_naming_its_last_seq(dsn
                                                                              db: asyncpg.Connection) -> None:
     """A burst bigger than the client's queue (here 50 frames) closes it 4008; the reason names the last seq
     it was sent, so resuming from there loses and repeats nothing."""
-    async with running_hub(dsn, queue_max_frames=50) as hub:
+    # The byte limit (2 MB by default) is far above 50 frames, and the stall watchdog is out of reach: only
+    # the frame count can close this client.
+    async with running_hub(dsn, queue_max_frames=50, send_timeout_s=600) as hub:
         url = f"{hub.ws}?token={hub.token()}&topics=log_stream"
         async with await connect(url) as ws:
             await recv_json(ws)
-            # One transaction of 8 MB: the listener dispatches a page of 1000 in one go (this client shares
-            # the hub's event loop, so it cannot read meanwhile), past what loopback buffers (~4 MB) and the
-            # transport's high-water mark, so the rest queues and overflows.
-            await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', g || repeat('x', 8000) "
-                             "FROM generate_series(1, 1000) g")
-            got: list[int] = []
-            with pytest.raises(ConnectionClosed) as info:
-                while True:
-                    frame = await recv_json(ws, 20)
-                    if frame["type"] == "event" and frame["seq"] is not None:
-                        got.append(frame["seq"])
-        assert info.value.rcvd is not None and info.value.rcvd.code == 4008
-        assert info.value.rcvd.reason == f"too slow; resume with since={got[-1]}"
+            got, close = await _burst_until_closed(ws, db, 1000)
+        assert close is not None, (f"a client that fell {1000 - 50} frames behind got all {len(got)} events and "
+                                   "was never closed 4008: the HUB_QUEUE_MAX_FRAMES limit did not apply")
+        assert close.code == 4008, f"closed {close.code} {close.reason!r}, not 4008 (too slow)"
+        assert close.reason == f"too slow; resume with since={got[-1]}"
         assert got == list(range(1, len(got) + 1)) and len(got) < 1000
         async with await connect(f"{url}&since={got[-1]}") as ws:
             await recv_json(ws)
             rest = await _collect_events(ws, 1000)
         assert got + rest == list(range(1, 1001))
+
+
+async def test_a_client_whose_queue_passes_max_bytes_is_closed_4008(dsn: str, db: asyncpg.Connection) -> None:
+    """HUB_QUEUE_MAX_BYTES on its own: the frame-count limit (10^7) and the stall watchdog (600 s) are far
+    away, so only the queued bytes can close this client."""
+    async with running_hub(dsn, queue_max_frames=10**7, queue_max_bytes=512 * 1024, send_timeout_s=600) as hub:
+        async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream") as ws:
+            await recv_json(ws)
+            got, close = await _burst_until_closed(ws, db, 1000)
+        assert close is not None, (f"a client that fell ~8 MB behind got all {len(got)} events and was never "
+                                   "closed 4008: the HUB_QUEUE_MAX_BYTES limit did not apply")
+        assert (close.code, close.reason) == (4008, f"too slow; resume with since={got[-1]}")
+        assert got == list(range(1, len(got) + 1)) and len(got) < 1000
+
+
+async def _burst_until_closed(ws: Any, db: asyncpg.Connection, count: int) -> tuple[list[int], Close | None]:
+    """Commit `count` log lines of 8 kB in one transaction; read persisted seqs until the hub closes the socket
+    (returns its close frame) or all `count` arrived (returns None: the hub let the client fall behind)."""
+    # One transaction of 8 MB: the listener dispatches a page of 1000 in one go (this client shares the hub's
+    # event loop, so it cannot read meanwhile), past what loopback buffers (~4 MB) and the transport's
+    # high-water mark, so the rest queues.
+    await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', g || repeat('x', 8000) "
+                     "FROM generate_series(1, $1::int) g", count)
+    got: list[int] = []
+    try:
+        while len(got) < count:
+            frame = await recv_json(ws, 20)
+            if frame["type"] == "event" and frame["seq"] is not None:
+                got.append(frame["seq"])
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None, "the connection dropped without a close frame"
+        return got, exc.rcvd
+    return got, None
 
 
 async def test_a_subscribe_during_a_resume_takes_effect_after_replayed(dsn: str, db: asyncpg.Connection) -> None:
