@@ -167,8 +167,12 @@ async def test_refresh_in_band_keeps_the_session(hub: RunningHub) -> None:
         ack = await recv_json_of(ws, "refreshed")
         assert ack["topics"] == ["log_stream"]
         await asyncio.sleep(max(0.0, first_exp + 1 - time.time()))  # past the first token's exp
-        await ws.send(json.dumps({"type": "ping"}))
-        assert (await recv_json_of(ws, "pong"))["type"] == "pong"
+        try:
+            await ws.send(json.dumps({"type": "ping"}))
+            assert (await recv_json_of(ws, "pong"))["type"] == "pong"
+        except ConnectionClosed as exc:
+            raise AssertionError(f"closed at the first token's exp despite the refresh ({exc.rcvd}): "
+                                 "refresh did not re-arm the expiry timer") from None
 
 
 async def test_refresh_narrows_the_topics_actually_delivered(hub: RunningHub, db: asyncpg.Connection) -> None:
