@@ -148,6 +148,34 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="live frames already sent by the resume replay are sent again (the sender's duplicate filter)",
     ),
     Mutation(
+        "subscribe-topic-unchecked", "service/session.py",
+        old="""            if kind == "subscribe":
+                principal.check_topics(wanted)
+""",
+        new="""            if False:
+                principal.check_topics(wanted)
+""",
+        tests=("tests/test_live.py::test_narrow_token_topics",),
+        what="subscribe adds topics the token does not allow",
+    ),
+    Mutation(
+        "rate-limit-disabled", "service/session.py",
+        old="            if not self._limit.allow():\n",
+        new="            if False:\n",
+        tests=("tests/test_live.py::test_oversized_frame_closes_1009_and_flood_closes_1008",),
+        what="a client flooding messages is never closed 1008",
+    ),
+    Mutation(
+        "resume-cap-ignored", "service/session.py",
+        old="""            too_many = (not gone and bool(persisted)
+                        and await hub.store.count_after(since, persisted, cap + 1) > cap)
+""",
+        new="""            too_many = False
+""",
+        tests=("tests/test_live.py::test_resume_past_the_cap_or_retention_is_not_recovered",),
+        what="a resume past HUB_RESUME_CAP replays everything instead of answering recovered: false",
+    ),
+    Mutation(
         "commit-order-lock-removed", "sql/v4/03_hub_append_event_v2.sql",
         old="    PERFORM pg_advisory_xact_lock(2053468265);\n",
         new="",
