@@ -18,9 +18,11 @@ embedded PostgreSQL unless HUB_TEST_DATABASE_URL is set, like the suite.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: pytest-timeout also bounds a test's setup: cut short, the suite's database would be left half-started.
+MIN_TIMEOUT_S = 20.0
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "test-artifacts", ".zepix-hub", "__pycache__", "*.egg-info",
                                      ".mypy_cache", ".ruff_cache", ".pytest_cache")
 
@@ -236,7 +240,7 @@ def _junit_name(node: str) -> tuple[str, str]:
 def classify(text: str) -> str:
     """How a failing test failed, from its junit failure message and text."""
     head = text.strip().splitlines()[0] if text.strip() else ""
-    if "Timeout" in head and "Failed" in head:  # pytest-timeout: "Failed: Timeout (>60.0s) from pytest-timeout."
+    if "Failed: Timeout" in head:  # pytest-timeout: "Failed: Timeout (>60.0s) from pytest-timeout."
         return "timeout"
     if head.startswith(("TimeoutError", "asyncio.exceptions.TimeoutError")) or re.search(r"^E\s+TimeoutError", text,
                                                                                       re.M):
@@ -258,12 +262,20 @@ def run_tests(tree: Path, nodes: list[str], timeout: float, junit: Path) -> tupl
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--timeout={timeout:g}",
            f"--junitxml={junit}", "-o", "junit_duration_report=call", *nodes]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
-                              timeout=timeout * len(nodes) + 120)
-        tail = (proc.stdout + proc.stderr)[-2000:]
+        out, _ = proc.communicate(timeout=timeout * len(nodes) + 120)
     except subprocess.TimeoutExpired:
+        # pytest-timeout should have ended each test long before. Interrupt pytest rather than kill it, so
+        # its fixtures stop the hubs and the database they started; kill only if that hangs too.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
         return {n: ("timeout", timeout, "pytest did not finish") for n in nodes}, "pytest did not finish"
+    tail = out[-2000:]
     results: dict[str, Result] = {}
     cases = {}
     if junit.exists():
@@ -341,12 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="list the mutations and their tests, run nothing")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this mutation (repeatable)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="per-test timeout in seconds (default 60)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help=f"per-test timeout in seconds, at least {MIN_TIMEOUT_S:g} (the first test's setup "
+                             "starts the database under it) (default 60)")
     parser.add_argument("--baseline", action="store_true",
                         help="first run each mutation's tests on the unmutated copy; they must pass")
     args = parser.parse_args(argv)
-    if not args.timeout > 0:
-        parser.error(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    if not (math.isfinite(args.timeout) and args.timeout >= MIN_TIMEOUT_S):
+        parser.error(f"--timeout must be at least {MIN_TIMEOUT_S:g} seconds, not {args.timeout:g}")
 
     problems = stale(MUTATIONS)
     if problems:
