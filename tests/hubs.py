@@ -203,6 +203,23 @@ async def connect(url: str, **kwargs: Any) -> websockets.ClientConnection:
     return await websockets.connect(url, open_timeout=10, close_timeout=2, max_size=None, **kwargs)
 
 
+async def refused(url: str, deadline: float = 10, **kwargs: Any) -> tuple[int, str]:
+    """Connect and expect a refusal: (close code, reason). An error frame may come first, `welcome` may not:
+    a hub that lets the client in and closes it later (an expiry timer, a heartbeat-fed wait) fails here
+    at once, not at the suite's timeout."""
+    async with await connect(url, **kwargs) as ws:
+        try:
+            async with asyncio.timeout(deadline):
+                while True:
+                    frame = await recv_json(ws, deadline)
+                    assert frame.get("type") != "welcome", f"the hub let the connection in (sent welcome): {frame}"
+        except websockets.ConnectionClosed as exc:
+            assert exc.rcvd is not None, "the connection dropped without a close frame"
+            return exc.rcvd.code, exc.rcvd.reason
+        except TimeoutError:
+            raise AssertionError(f"the hub neither refused nor welcomed the connection within {deadline} s") from None
+
+
 @contextlib.asynccontextmanager
 async def listener_cut_off(admin_dsn: str, db: asyncpg.Connection) -> AsyncIterator[None]:
     """What a restore looks like to a running hub: its listener's connection ends and cannot come back

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 from websockets.exceptions import ConnectionClosed
 
-from tests.hubs import SECRET, RunningHub, connect, recv_json, running_hub
+from tests.hubs import SECRET, RunningHub, connect, recv_json, refused, running_hub
 
 
 def _b64(obj: dict[str, Any]) -> str:
@@ -50,16 +51,6 @@ BAD_TOKENS: dict[str, tuple[Callable[[], str | None], str]] = {
 }
 
 
-async def _close_of(url: str, **kwargs: Any) -> tuple[int, str]:
-    async with await connect(url, **kwargs) as ws:
-        with pytest.raises(ConnectionClosed) as info:
-            while True:  # an error frame may come first
-                await recv_json(ws)
-    rcvd = info.value.rcvd
-    assert rcvd is not None
-    return rcvd.code, rcvd.reason
-
-
 async def _still_serving(hub: RunningHub) -> None:
     async with await connect(f"{hub.ws}?token={hub.token()}") as ws:
         assert (await recv_json(ws))["type"] == "welcome"
@@ -70,7 +61,7 @@ async def test_bad_token_closes_4001_and_http_401(hub: RunningHub, case: str) ->
     make, reason = BAD_TOKENS[case]
     token = make()
     url = hub.ws if token is None else f"{hub.ws}?token={token}"
-    assert await _close_of(url) == (4001, reason)
+    assert await refused(url) == (4001, reason)
     async with httpx.AsyncClient(base_url=hub.http) as http:
         headers = {} if not token else {"Authorization": f"Bearer {token}"}
         r = await http.get("/api/events", params={"since": 0}, headers=headers)
@@ -86,17 +77,17 @@ async def test_token_by_header_and_by_subprotocol(hub: RunningHub) -> None:
         assert ws.subprotocol == "bearer"
         assert (await recv_json(ws))["type"] == "welcome"
     # A bad token in the subprotocol is refused the same way, still answering "bearer" so browsers see the code.
-    assert await _close_of(hub.ws, subprotocols=["bearer", "garbage"]) == (4001, "malformed token")
+    assert await refused(hub.ws, subprotocols=["bearer", "garbage"]) == (4001, "malformed token")
 
 
 async def test_query_token_wins_over_header(hub: RunningHub) -> None:
-    code, _ = await _close_of(f"{hub.ws}?token=garbage", additional_headers={"Authorization": f"Bearer {hub.token()}"})
+    code, _ = await refused(f"{hub.ws}?token=garbage", additional_headers={"Authorization": f"Bearer {hub.token()}"})
     assert code == 4001
 
 
 async def test_forbidden_topics_close_4003_and_http_403(hub: RunningHub) -> None:
     narrow = hub.token(topics=["log_stream"])
-    code, reason = await _close_of(f"{hub.ws}?token={narrow}&topics=trade_update")
+    code, reason = await refused(f"{hub.ws}?token={narrow}&topics=trade_update")
     assert (code, reason) == (4003, "topic not allowed")
     async with httpx.AsyncClient(base_url=hub.http) as http:
         r = await http.get("/api/events", params={"since": 0, "topics": "trade_update"},
@@ -136,20 +127,30 @@ async def test_rs256_setup_rejects_algorithm_confusion_and_wrong_aud_iss(rs_hub:
         "wrong iss": (str(jwt.encode({**good, "iss": "evil"}, private, algorithm="RS256")), "wrong token issuer"),
     }
     for name, (token, reason) in cases.items():
-        assert await _close_of(f"{hub.ws}?token={token}") == (4001, reason), name
+        assert await refused(f"{hub.ws}?token={token}") == (4001, reason), name
         async with httpx.AsyncClient(base_url=hub.http) as http:
             r = await http.get("/api/events", params={"since": 0}, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 401, name
 
 
 async def test_token_expiring_mid_session_closes_4001(hub: RunningHub) -> None:
-    async with await connect(f"{hub.ws}?token={hub.token(ttl=1.5)}") as ws:
+    token = hub.token(ttl=2)
+    exp = jwt.get_unverified_claims(token)["exp"]
+    # log_stream only: no sys_status heartbeats, so a session that outlives its token stays silent and the
+    # wait below ends a few seconds after exp, not at the suite's timeout.
+    async with await connect(f"{hub.ws}?token={token}&topics=log_stream") as ws:
         assert (await recv_json(ws))["type"] == "welcome"
-        with pytest.raises(ConnectionClosed) as info:
-            while True:
-                await recv_json(ws, timeout=10)
-    assert info.value.rcvd is not None
-    assert (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "token expired")
+        grace = 5.0
+        try:
+            frame = await recv_json(ws, timeout=max(0.0, exp - time.time()) + grace)
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None, "the session dropped without a close frame at token expiry"
+            assert (exc.rcvd.code, exc.rcvd.reason) == (4001, "token expired")
+        except TimeoutError:
+            raise AssertionError(f"the session stayed open {grace} s past its token's exp: "
+                                 "the token-expiry timer did not close it 4001") from None
+        else:
+            raise AssertionError(f"expected a 4001 close at token expiry, got {frame}")
 
 
 async def test_refresh_in_band_keeps_the_session(hub: RunningHub) -> None:
@@ -166,8 +167,28 @@ async def test_refresh_in_band_keeps_the_session(hub: RunningHub) -> None:
         ack = await recv_json_of(ws, "refreshed")
         assert ack["topics"] == ["log_stream"]
         await asyncio.sleep(max(0.0, first_exp + 1 - time.time()))  # past the first token's exp
-        await ws.send(json.dumps({"type": "ping"}))
-        assert (await recv_json_of(ws, "pong"))["type"] == "pong"
+        try:
+            await ws.send(json.dumps({"type": "ping"}))
+            assert (await recv_json_of(ws, "pong"))["type"] == "pong"
+        except ConnectionClosed as exc:
+            raise AssertionError(f"closed at the first token's exp despite the refresh ({exc.rcvd}): "
+                                 "refresh did not re-arm the expiry timer") from None
+
+
+async def test_refresh_narrows_the_topics_actually_delivered(hub: RunningHub, db: asyncpg.Connection) -> None:
+    """Checked on the stream, not only on the `refreshed` reply: a trade committed after the narrowing
+    refresh must not reach the socket (no sys_status here, so the next event is the first one delivered)."""
+    async with await connect(f"{hub.ws}?token={hub.token()}&topics=trade_update,log_stream") as ws:
+        assert (await recv_json(ws))["type"] == "welcome"
+        await ws.send(json.dumps({"type": "refresh", "token": hub.token(topics=["log_stream"])}))
+        assert (await recv_json_of(ws, "refreshed"))["topics"] == ["log_stream"]
+        await db.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('BTCUSDT', 'BUY', 1)")
+        await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'after the refresh')")
+        frame = await recv_json_of(ws, "event")
+        assert frame["topic"] == "log_stream", (
+            f"after a refresh narrowed the token to log_stream, the stream still delivered {frame['topic']} "
+            f"(seq {frame['seq']}): refresh did not narrow the topics delivered")
+        assert frame["data"]["msg"] == "after the refresh"
 
 
 async def recv_json_of(ws: Any, kind: str) -> dict[str, Any]:
@@ -179,10 +200,10 @@ async def recv_json_of(ws: Any, kind: str) -> dict[str, Any]:
 
 async def test_foreign_origin_is_refused_4003_but_own_and_scripts_are_fine(hub: RunningHub) -> None:
     token = hub.token()
-    code, reason = await _close_of(f"{hub.ws}?token={token}", origin="http://evil.example")  # type: ignore[arg-type]
+    code, reason = await refused(f"{hub.ws}?token={token}", origin="http://evil.example")  # type: ignore[arg-type]
     assert (code, reason) == (4003, "origin not allowed")
     for malformed in ("http://[", "http://[::1", "http://[zz]"):  # urlsplit raises on these
-        assert await _close_of(f"{hub.ws}?token={token}", origin=malformed) == (4003, "origin not allowed")  # type: ignore[arg-type]
+        assert await refused(f"{hub.ws}?token={token}", origin=malformed) == (4003, "origin not allowed")  # type: ignore[arg-type]
     own = f"http://127.0.0.1:{hub.port}"
     async with await connect(f"{hub.ws}?token={token}", origin=own) as ws:  # type: ignore[arg-type]
         assert (await recv_json(ws))["type"] == "welcome"
@@ -194,4 +215,4 @@ async def test_allowed_origins_setting(dsn: str) -> None:
         async with await connect(f"{hub.ws}?token={token}", origin="https://dash.example.com") as ws:  # type: ignore[arg-type]
             assert (await recv_json(ws))["type"] == "welcome"
         own = f"http://127.0.0.1:{hub.port}"
-        assert (await _close_of(f"{hub.ws}?token={token}", origin=own))[0] == 4003  # type: ignore[arg-type]
+        assert (await refused(f"{hub.ws}?token={token}", origin=own))[0] == 4003  # type: ignore[arg-type]

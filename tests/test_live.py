@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 import asyncpg
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
 
 from tests.hubs import RunningHub, connect, recv_json, recv_until, running_hub
 
@@ -85,8 +87,9 @@ async def test_narrow_token_topics(hub: RunningHub) -> None:
     async with await connect(f"{hub.ws}?token={token}") as ws:
         assert (await recv_json(ws))["topics"] == ["log_stream", "sys_status"]
         await ws.send(json.dumps({"type": "subscribe", "topics": ["trade_update"]}))
-        error = await recv_until(ws, lambda f: f["type"] == "error")
-        assert error["code"] == "forbidden_topic"
+        reply = await recv_until(ws, lambda f: f["type"] != "event")
+        assert (reply["type"], reply.get("code")) == ("error", "forbidden_topic"), (
+            f"subscribing to a topic the token does not allow was answered {reply}, not forbidden_topic")
         await ws.send(json.dumps({"type": "ping"}))
         assert (await recv_until(ws, lambda f: f["type"] != "event"))["type"] == "pong"
 
@@ -145,8 +148,14 @@ async def test_oversized_frame_closes_1009_and_flood_closes_1008(hub: RunningHub
             await recv_json(ws)
             for _ in range(500):
                 await ws.send('{"type": "ping"}')
-            code, reason = await _close_code(ws)
-            assert (code, reason) == (1008, "rate limit exceeded")
+            pongs = 0
+            try:
+                while pongs < 500:
+                    pongs += (await recv_json(ws))["type"] == "pong"
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None and (exc.rcvd.code, exc.rcvd.reason) == (1008, "rate limit exceeded")
+            else:
+                raise AssertionError("all 500 pings of a burst were answered: the rate limit never closed 1008")
         await other.send('{"type": "ping"}')
         assert (await recv_json(other))["type"] == "pong"
 
@@ -228,7 +237,10 @@ async def test_resume_while_writers_write_has_no_gap_and_no_duplicate(hub: Runni
         async with await connect(f"{hub.ws}?token={token}&since={since}&topics=log_stream,trade_update") as ws:
             received += await _collect_events(ws, head)
         truth = [r[0] for r in await db.fetch("SELECT seq FROM events ORDER BY seq")]
-        assert received == truth
+        twice = sorted(seq for seq, n in Counter(received).items() if n > 1)
+        assert not twice, f"resuming clients got {len(twice)} events twice, e.g. {twice[:5]}"
+        missed = sorted(set(truth) - set(received))
+        assert received == truth, f"resuming clients missed {len(missed)} events (e.g. {missed[:5]}) or reordered some"
     finally:
         stop.set()
         await asyncio.gather(writing, return_exceptions=True)
@@ -256,7 +268,8 @@ async def test_resume_past_the_cap_or_retention_is_not_recovered(dsn: str, db: a
         async with await connect(f"{hub.ws}?token={hub.token()}&since=0&topics=log_stream") as ws:
             await recv_json(ws)
             replayed = await recv_until(ws, lambda f: f["type"] == "replayed")
-            assert replayed["recovered"] is False and replayed["head"] == 5 and replayed["count"] == 0
+            assert (replayed["recovered"], replayed["head"], replayed["count"]) == (False, 5, 0), (
+                f"a resume 5 events back with HUB_RESUME_CAP=3 was answered {replayed}, not recovered: false")
             await db.execute("INSERT INTO logs (level, msg) VALUES ('INFO', 'live')")
             frame = await recv_until(ws, _is_event("log_stream"))
             assert frame["seq"] == 6  # the stream continues from the head
@@ -315,28 +328,55 @@ async def test_a_client_that_falls_behind_is_closed_4008_naming_its_last_seq(dsn
                                                                              db: asyncpg.Connection) -> None:
     """A burst bigger than the client's queue (here 50 frames) closes it 4008; the reason names the last seq
     it was sent, so resuming from there loses and repeats nothing."""
-    async with running_hub(dsn, queue_max_frames=50) as hub:
+    # The byte limit (2 MB by default) is far above 50 frames, and the stall watchdog is out of reach: only
+    # the frame count can close this client.
+    async with running_hub(dsn, queue_max_frames=50, send_timeout_s=600) as hub:
         url = f"{hub.ws}?token={hub.token()}&topics=log_stream"
         async with await connect(url) as ws:
             await recv_json(ws)
-            # One transaction of 8 MB: the listener dispatches a page of 1000 in one go (this client shares
-            # the hub's event loop, so it cannot read meanwhile), past what loopback buffers (~4 MB) and the
-            # transport's high-water mark, so the rest queues and overflows.
-            await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', g || repeat('x', 8000) "
-                             "FROM generate_series(1, 1000) g")
-            got: list[int] = []
-            with pytest.raises(ConnectionClosed) as info:
-                while True:
-                    frame = await recv_json(ws, 20)
-                    if frame["type"] == "event" and frame["seq"] is not None:
-                        got.append(frame["seq"])
-        assert info.value.rcvd is not None and info.value.rcvd.code == 4008
-        assert info.value.rcvd.reason == f"too slow; resume with since={got[-1]}"
+            got, close = await _burst_until_closed(ws, db, 1000)
+        assert close is not None, (f"a client that fell {1000 - 50} frames behind got all {len(got)} events and "
+                                   "was never closed 4008: the HUB_QUEUE_MAX_FRAMES limit did not apply")
+        assert close.code == 4008, f"closed {close.code} {close.reason!r}, not 4008 (too slow)"
+        assert close.reason == f"too slow; resume with since={got[-1]}"
         assert got == list(range(1, len(got) + 1)) and len(got) < 1000
         async with await connect(f"{url}&since={got[-1]}") as ws:
             await recv_json(ws)
             rest = await _collect_events(ws, 1000)
         assert got + rest == list(range(1, 1001))
+
+
+async def test_a_client_whose_queue_passes_max_bytes_is_closed_4008(dsn: str, db: asyncpg.Connection) -> None:
+    """HUB_QUEUE_MAX_BYTES on its own: the frame-count limit (10^7) and the stall watchdog (600 s) are far
+    away, so only the queued bytes can close this client."""
+    async with running_hub(dsn, queue_max_frames=10**7, queue_max_bytes=512 * 1024, send_timeout_s=600) as hub:
+        async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream") as ws:
+            await recv_json(ws)
+            got, close = await _burst_until_closed(ws, db, 1000)
+        assert close is not None, (f"a client that fell ~8 MB behind got all {len(got)} events and was never "
+                                   "closed 4008: the HUB_QUEUE_MAX_BYTES limit did not apply")
+        assert (close.code, close.reason) == (4008, f"too slow; resume with since={got[-1]}")
+        assert got == list(range(1, len(got) + 1)) and len(got) < 1000
+
+
+async def _burst_until_closed(ws: Any, db: asyncpg.Connection, count: int) -> tuple[list[int], Close | None]:
+    """Commit `count` log lines of 8 kB in one transaction; read persisted seqs until the hub closes the socket
+    (returns its close frame) or all `count` arrived (returns None: the hub let the client fall behind)."""
+    # One transaction of 8 MB: the listener dispatches a page of 1000 in one go (this client shares the hub's
+    # event loop, so it cannot read meanwhile), past what loopback buffers (~4 MB) and the transport's
+    # high-water mark, so the rest queues.
+    await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', g || repeat('x', 8000) "
+                     "FROM generate_series(1, $1::int) g", count)
+    got: list[int] = []
+    try:
+        while len(got) < count:
+            frame = await recv_json(ws, 20)
+            if frame["type"] == "event" and frame["seq"] is not None:
+                got.append(frame["seq"])
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None, "the connection dropped without a close frame"
+        return got, exc.rcvd
+    return got, None
 
 
 async def test_a_subscribe_during_a_resume_takes_effect_after_replayed(dsn: str, db: asyncpg.Connection) -> None:

@@ -2,15 +2,17 @@
 
 Writers hold their transactions open for random times and sometimes roll
 back; readers poll the replay API in a tight loop. A checker compares what
-each reader saw with the final table. The negative control runs the same
-harness against a plain identity column (numbered at INSERT, not at commit)
-and must catch a skip, which shows the harness can fail.
+each reader saw with the final table. A deterministic pair shows the harness
+can fail: one writer is held between drawing its seq and committing while
+another commits; with the installed capture path the reader misses nothing,
+with the same path minus its ordering lock it skips an event on every run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -91,24 +93,140 @@ async def test_replay_readers_never_miss_or_repeat(hub: RunningHub, dsn: str, db
         _check(seen, truth)
 
 
-async def test_negative_control_identity_sequence_skips(dsn: str, db: asyncpg.Connection) -> None:
-    """Same harness, but seq drawn at INSERT time: a late commit below a reader's position is lost."""
-    await db.execute("CREATE TABLE naive_events (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, x int)")
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
-    assert pool is not None
-    try:
-        async def poll(since: int) -> list[int]:
-            rows = await pool.fetch("SELECT seq FROM naive_events WHERE seq > $1 ORDER BY seq LIMIT 1000", since)
-            return [r["seq"] for r in rows]
+#: The statement of the capture path that serialises commits (docs/adr/0001-commit-ordered-seq.md). The
+#: negative control deletes it from whichever function the logs trigger reaches; it must match exactly once
+#: there. When the lock changes (another key, a lock on a private object), change this pattern, nothing else.
+ORDERING_LOCK = re.compile(r"PERFORM\s+pg_advisory_xact_lock\s*\(\s*2053468265\s*\)\s*;", re.IGNORECASE)
 
-        views = await _run(dsn, "INSERT INTO naive_events (x) VALUES (1)", poll)
+#: Advisory key of the test's gate (not the hub's); a writer that sets zepix_test.gate waits on it at COMMIT.
+GATE_KEY = 7_201_431
+
+
+async def _reached_functions(db: asyncpg.Connection, table: str) -> dict[int, tuple[str, str]]:
+    """Every user function the table's triggers call, directly or through the functions they call:
+    {oid: (signature, CREATE OR REPLACE text)}. Calls are found by name in the bodies, so the walk follows
+    whatever the installed capture path is (another schema, another _vN), not the names of today's files."""
+    candidates = await db.fetch(
+        "SELECT p.oid, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind = 'f'")
+    todo = [r["tgfoid"] for r in await db.fetch(
+        "SELECT tgfoid FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal AND tgenabled <> 'D'",
+        table)]
+    assert todo, f"no enabled trigger on {table}"
+    reached: dict[int, tuple[str, str]] = {}
+    while todo:
+        oid = todo.pop()
+        if oid in reached:
+            continue
+        row = await db.fetchrow("SELECT $1::oid::regprocedure::text AS sig, pg_get_functiondef($1) AS def", oid)
+        assert row is not None
+        reached[oid] = (row["sig"], row["def"])
+        body = row["def"].split("AS $", 1)[-1]  # the body, not the header that names the function itself
+        todo += [c["oid"] for c in candidates
+                 if re.search(rf"\b{re.escape(c['proname'])}\s*\(", body, re.IGNORECASE)]
+    return reached
+
+
+async def _remove_ordering_lock(db: asyncpg.Connection) -> str:
+    """Install, in this test's database only, the capture path as it is minus its ordering lock; returns the
+    signature of the function changed."""
+    hits = [(sig, text) for sig, text in (await _reached_functions(db, "logs")).values()
+            for _ in ORDERING_LOCK.finditer(text)]
+    assert len(hits) == 1, (f"ORDERING_LOCK should match exactly once in the functions the logs trigger reaches, "
+                            f"matched {len(hits)} times ({[sig for sig, _ in hits]}): update the pattern")
+    sig, text = hits[0]
+    await db.execute(ORDERING_LOCK.sub("-- ordering lock removed by the negative control", text))
+    return sig
+
+
+async def _install_gate(db: asyncpg.Connection) -> None:
+    # Constraint triggers on one row fire in name order: zz_ after the capture trigger, so a gated writer has
+    # drawn its seq (and taken the ordering lock, if any) when it stops here, still before COMMIT.
+    await db.execute(f"""
+        CREATE FUNCTION test_commit_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF current_setting('zepix_test.gate', true) = 'on' THEN
+                PERFORM pg_advisory_xact_lock({GATE_KEY});
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER zz_test_commit_gate AFTER INSERT ON logs
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_commit_gate();
+    """)
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]], deadline: float = 10) -> None:
+    try:
+        async with asyncio.timeout(deadline):
+            while True:
+                if await check():
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not within {deadline} s: {what}") from None
+
+
+async def _gated_commits(hub: RunningHub, dsn: str, db: asyncpg.Connection) -> tuple[list[int], list[int]]:
+    """Writer A draws its seq and is held before COMMIT; writer B commits (or waits on the ordering lock);
+    a reader reads; A is let go; the reader reads on from where it was. Returns (what the reader saw, the log).
+    No sleeps decide anything: every step waits for the state it needs."""
+    await _install_gate(db)
+    gate, a, b = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        await gate.execute("SELECT pg_advisory_lock($1)", GATE_KEY)
+        pid_a, pid_b = a.get_server_pid(), b.get_server_pid()
+
+        async def commit(conn: asyncpg.Connection, msg: str, gated: bool) -> None:
+            async with conn.transaction():
+                if gated:
+                    await conn.execute("SELECT set_config('zepix_test.gate', 'on', true)")
+                await conn.execute("INSERT INTO logs (level, msg) VALUES ('INFO', $1)", msg)
+
+        async def waiting_on_a_lock(pid: int) -> bool:
+            return bool(await db.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                                          pid))
+
+        writing_a = asyncio.create_task(commit(a, "A", True))
+        await _until("writer A waits at the test's gate, at COMMIT", lambda: waiting_on_a_lock(pid_a))
+        writing_b = asyncio.create_task(commit(b, "B", False))
+
+        async def b_committed_or_blocked() -> bool:
+            return writing_b.done() or await waiting_on_a_lock(pid_b)
+
+        await _until("writer B commits or waits on a lock", b_committed_or_blocked)
+
+        async with httpx.AsyncClient(base_url=hub.http, headers={"Authorization": f"Bearer {hub.token()}"}) as http:
+            async def read(since: int) -> list[int]:
+                r = await http.get("/api/events", params={"since": since})
+                assert r.status_code == 200, r.text
+                return [e["seq"] for e in r.json()["events"]]
+
+            seen = await read(0)
+            await gate.execute("SELECT pg_advisory_unlock($1)", GATE_KEY)
+            await asyncio.wait_for(asyncio.gather(writing_a, writing_b), 10)
+            seen += await read(seen[-1] if seen else 0)
+        rows = await db.fetch("SELECT e.seq, l.msg FROM events e JOIN logs l ON l.id::text = e.source_id "
+                              "WHERE e.topic = 'log_stream' ORDER BY e.seq")
+        assert [r["msg"] for r in rows] == ["A", "B"], "the gate did not hold A after it drew its seq"
+        return seen, [r["seq"] for r in rows]
     finally:
-        await pool.close()
-    truth = [r["seq"] for r in await db.fetch("SELECT seq FROM naive_events ORDER BY seq")]
-    failures = 0
-    for seen in views:
-        try:
-            _check(seen, truth)
-        except AssertionError:
-            failures += 1
-    assert failures > 0, "the harness failed to detect skips with an insert-time sequence"
+        for conn in (gate, a, b):
+            await conn.close()
+
+
+async def test_commit_order_lock_holds_a_later_commit_back(hub: RunningHub, dsn: str, db: asyncpg.Connection) -> None:
+    """With the capture path as installed: B waits for A, so the reader sees both, in order."""
+    seen, truth = await _gated_commits(hub, dsn, db)
+    assert seen == truth, (f"the reader saw {seen} of {truth}: a commit with a higher seq became visible while a "
+                           "lower seq was still uncommitted (the commit-order lock does not hold)")
+
+
+async def test_negative_control_capture_path_without_its_lock_skips(hub: RunningHub, dsn: str,
+                                                                   db: asyncpg.Connection) -> None:
+    """The same steps with the installed capture path minus its ordering lock: B commits seq 2 while A holds
+    seq 1, the reader moves past 2 and never sees 1. On every run, which shows the harness above can fail."""
+    await _remove_ordering_lock(db)
+    seen, truth = await _gated_commits(hub, dsn, db)
+    assert len(truth) == 2 and seen == truth[1:], (
+        f"without its ordering lock the capture path should make the reader skip seq {truth[0]}; it saw {seen} "
+        f"of {truth}, so this control no longer shows what the lock prevents")

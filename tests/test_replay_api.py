@@ -136,6 +136,10 @@ async def test_snapshot_is_consistent_with_its_head(hub: RunningHub, db: asyncpg
         logs_only = (await http.get("/api/snapshot", headers=_auth(hub.token(topics=["log_stream"])))).json()
         assert logs_only["open_trades"] == [] and len(logs_only["logs"]) == 2
         assert logs_only["closed_trades"] == []
+        # And the other direction: a token without log_stream sees no log lines.
+        trades_only = (await http.get("/api/snapshot", headers=_auth(hub.token(topics=["trade_update"])))).json()
+        assert [t["symbol"] for t in trades_only["open_trades"]] == ["BTCUSDT"]
+        assert trades_only["logs"] == [], "/api/snapshot returned log lines to a token without log_stream"
 
 
 async def test_snapshot_under_concurrent_writes_matches_replay(hub: RunningHub, dsn: str) -> None:

@@ -56,6 +56,17 @@ async def test_log_line_and_error_notification(db: asyncpg.Connection) -> None:
     assert events[4]["payload"]["type"] == "critical" and events[4]["payload"]["title"] == "Critical"
 
 
+async def test_error_notification_body_is_cut_to_500_characters(db: asyncpg.Connection) -> None:
+    """The toast carries the first 500 characters; the log_stream event keeps the whole line."""
+    msg = "".join(f"{i:04d}|" for i in range(400))  # 2000 characters, each cut point distinct
+    await db.execute("INSERT INTO logs (level, msg) VALUES ('ERROR', $1)", msg)
+    line, note = await _events(db)
+    assert line["payload"]["msg"] == msg
+    body = note["payload"]["body"]
+    assert len(body) == 500, f"the notification body is {len(body)} characters, not cut to 500"
+    assert body == msg[:500]
+
+
 async def test_hub_notify_by_hand_and_its_errors(db: asyncpg.Connection) -> None:
     seq = await db.fetchval("SELECT hub_notify('warning', 'Broker slow', 'acks take 3 s')")
     (event,) = await _events(db)
