@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import asyncpg
 import pytest
 
 from service.embedded import destroy_scratch
-from tests.hubs import RunningHub, running_hub
+from tests.hubs import RunningHub, hub_variable, running_hub
 from tests.pg import (
     PgServer,
     ensure_private_running,
@@ -18,6 +19,19 @@ from tests.pg import (
     start_server,
     stop_server,
 )
+
+# The hubs the tests start (in-process, as subprocesses, the CLI) must run with what each test sets and
+# nothing else: a HUB_QUEUE_MAX_FRAMES or HUB_JWT_AUDIENCE left in the caller's shell would otherwise change
+# every hub of the run. Removed here, at import, before any test module reads the environment.
+IGNORED_FROM_ENVIRONMENT = sorted(name for name in os.environ if hub_variable(name))
+for _name in IGNORED_FROM_ENVIRONMENT:
+    del os.environ[_name]
+
+
+def pytest_report_header() -> list[str]:
+    if not IGNORED_FROM_ENVIRONMENT:
+        return []
+    return [f"ignored from the environment (hubs under test never see them): {', '.join(IGNORED_FROM_ENVIRONMENT)}"]
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,18 @@ from service.settings import Settings, load_settings
 
 SECRET = "test-secret-" + "x" * 40
 
+#: The suite's own knobs: read by the tests, never by a hub (none is a setting's name, see test_env_isolation).
+SUITE_KNOBS = frozenset({"HUB_CHAOS_SECONDS", "HUB_CHAOS_SEED", "HUB_FUZZ_EXAMPLES"})
+
+
+def hub_variable(name: str) -> bool:
+    """Would a hub, the CLI or the bench read this variable? Every HUB_* (and DATABASE_URL) except the suite's
+    own knobs (SUITE_KNOBS and HUB_TEST_*). Settings match names case-insensitively, so this does too."""
+    upper = name.upper()
+    if upper == "DATABASE_URL":
+        return True
+    return upper.startswith("HUB_") and not upper.startswith("HUB_TEST_") and upper not in SUITE_KNOBS
+
 
 def hub_settings(dsn: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(database_url=dsn, jwt_secret=SECRET, auto_migrate=False, dev=False,
@@ -102,7 +114,9 @@ class HubProcess:
         self.port = 0
 
     def start(self, timeout: float = 30) -> HubProcess:
-        env = {**os.environ, "HUB_DATABASE_URL": self.dsn, "HUB_JWT_SECRET": SECRET, "HUB_DEV": "false",
+        # Only what this hub is given: nothing the test process's environment says about hubs.
+        inherited = {k: v for k, v in os.environ.items() if not hub_variable(k)}
+        env = {**inherited, "HUB_DATABASE_URL": self.dsn, "HUB_JWT_SECRET": SECRET, "HUB_DEV": "false",
                "HUB_AUTO_MIGRATE": "false", "HUB_HEARTBEAT_S": "0.5", "HUB_LISTENER_POLL_S": "0.5",
                "HUB_LISTENER_HEALTH_S": "1", "HUB_RECONNECT_MAX_S": "0.5", "HUB_LOG_LEVEL": "INFO", **self.env}
         # A restart appends to the same log: look for "live at" only in what this run writes.
