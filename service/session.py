@@ -177,6 +177,8 @@ class Session:
         # No await between reading head and registering: an event dispatched meanwhile would reach nobody.
         # From here on live frames queue up; the sender task writes the welcome (and replay) first.
         hub.manager.register(client)
+        direct = client.direct is not None and client.direct.usable()
+        hub.metrics.writers.labels(writer="direct" if direct else "asgi").inc()
         self._arm_expiry(principal)
         log.info("client %s connected sub=%s topics=%s resume=%s", client.id, principal.subject,
                  ",".join(sorted(topics)), since is not None, extra={"conn": client.id})
