@@ -124,3 +124,19 @@ async def test_readyz_reports_listener_lag(dsn: str, db: asyncpg.Connection) -> 
             code, body = await readyz(hub)
         assert code == 200, f"/readyz stayed red after the listener caught up: {body}"
         assert hub.hub.listener.last_seq == written[-1]
+
+
+async def test_a_cut_listener_connection_is_replaced_and_nothing_is_lost(dsn: str, db: asyncpg.Connection) -> None:
+    # The loud failure next to the silent one: a reset is seen at once, with no probe (poll and probe are off).
+    async with faulty_proxy(dsn) as proxy, running_hub(
+            proxy.dsn(dsn), listener_health_s=NEVER_S, listener_poll_s=NEVER_S) as hub:
+        seen: list[dict[str, Any]] = []
+        async with await connect(f"{hub.ws}?token={hub.token()}&topics=log_stream,notification") as ws:
+            assert (await recv_json(ws))["type"] == "welcome"
+            assert proxy.cut(LISTENER) == 1
+            written = await write_logs(db, 3, "cut")
+            await frames_until(ws, titled("Connection Restored"), 30, "the listener did not reconnect", seen)
+            if written[-1] not in log_seqs(seen):  # the catch-up after the reconnect may have sent them first
+                await frames_until(ws, lambda f: f.get("seq") == written[-1], 10, "events written meanwhile", seen)
+            assert log_seqs(seen) == written
+            assert titled("Connection Lost")(seen[0]), seen
