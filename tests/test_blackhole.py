@@ -111,6 +111,7 @@ async def test_readyz_reports_listener_lag(dsn: str, db: asyncpg.Connection) -> 
             proxy.dsn(dsn), listener_health_s=NEVER_S, listener_poll_s=NEVER_S) as hub:
         code, body = await readyz(hub)
         assert code == 200, body
+        assert proxy.connections(LISTENER) == 1, "the listener's connection does not go through the proxy"
         proxy.blackhole(LISTENER)
         written = await write_logs(db, 1001, "burst")
         code, body = await readyz(hub)
