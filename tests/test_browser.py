@@ -7,13 +7,15 @@ attributes (`tr[data-trade-id]`, `#conn[data-status]`) so the assertions do not
 depend on wording.
 
 Needs `pip install playwright` and `apt-get install chromium` (never
-`playwright install`: the tests drive /usr/bin/chromium). Without them the
-module is skipped with a reason that says so.
+`playwright install`: the tests drive /usr/bin/chromium, or HUB_TEST_CHROMIUM).
+Without them the module is skipped with a reason that says so; with CI=true
+each test fails instead, so that CI cannot go green without them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -30,15 +32,25 @@ from service.auth import mint
 from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings, listener_cut_off
 from tests.pg import PgServer
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("HUB_TEST_CHROMIUM", "/usr/bin/chromium"))
+MISSING: str | None = None
 try:
     from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 except ImportError:  # pragma: no cover - depends on the machine
-    pytest.skip("BROWSER TESTS SKIPPED: playwright is not installed; run `/tmp/venv/bin/pip install playwright` "
-                "(and `apt-get install -y chromium`, not `playwright install`)", allow_module_level=True)
-if not CHROMIUM.exists():  # pragma: no cover - depends on the machine
-    pytest.skip(f"BROWSER TESTS SKIPPED: {CHROMIUM} is missing; run `apt-get install -y chromium` as root",
-                allow_module_level=True)
+    MISSING = ("playwright is not installed; run `pip install playwright` "
+               "(and `apt-get install -y chromium`, not `playwright install`)")
+if MISSING is None and not CHROMIUM.exists():  # pragma: no cover - depends on the machine
+    MISSING = f"{CHROMIUM} is missing; run `apt-get install -y chromium` as root"
+if MISSING is not None and os.environ.get("CI") != "true":
+    pytest.skip(f"BROWSER TESTS SKIPPED: {MISSING}", allow_module_level=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _browser_installed() -> None:
+    """Under CI=true a missing browser fails every browser test (before any database starts)."""
+    if MISSING is not None:
+        pytest.fail(f"CI=true and the browser tests cannot run: {MISSING}", pytrace=False)
+
 
 pytestmark = pytest.mark.browser
 
