@@ -54,6 +54,15 @@ async def test_serve_without_a_database_url_or_dev_mode_needs_a_real_key(tmp_pat
     assert not (tmp_path / "data" / "pgdata").exists()  # refused before starting a database
 
 
+async def test_serve_outside_dev_mode_ignores_a_dev_secret_left_in_the_data_dir(tmp_path: Path) -> None:
+    """A dev secret from an earlier `serve --demo` does not become the key of a hub bound to the network."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "jwt-secret").write_text("d" * 64)
+    (tmp_path / "data" / "jwt-secret").chmod(0o600)
+    run = await cli(_env(tmp_path, HUB_DEV="-", HUB_JWT_SECRET="-"), "serve", "--host", "0.0.0.0", "--port", "0")
+    assert_usage_error(run, "no JWT key", NO_KEY_LINE)
+
+
 async def test_dev_mode_refuses_a_non_loopback_bind_unless_forced(tmp_path: Path) -> None:
     dev_remote = dict(HUB_DEV="true", HUB_HOST="0.0.0.0", HUB_JWT_SECRET="-")
     flag, env_dev, v6, forced, loopback, v6_loopback = await asyncio.gather(
@@ -233,13 +242,18 @@ async def test_a_newline_in_sub_cannot_forge_a_text_log_line(dsn: str, tmp_path:
         token = mint_sub(f"mallory\n{FORGED}\r\n\x1b[2J\u2028{FORGED}\x85\x7f")
         async with await connect(f"{hub.ws}?token={token}") as ws:
             assert (await recv_json(ws))["type"] == "welcome"
+        # A newline in the request path must stay inside the access log's line too.
+        async with httpx.AsyncClient(base_url=hub.http, timeout=10) as http:
+            assert (await http.get("/nothing%0A" + FORGED.replace(" ", "%20"))).status_code == 404
         text = await _wait_for_in(log, "sub=mallory")
+        text = await _wait_for_in(log, "/nothing")
     finally:
         hub.kill()
     lines = text.split("\n")
     assert not any(line.startswith(FORGED[:23]) for line in lines), text
     connected = [line for line in lines if "sub=mallory" in line]
     assert len(connected) == 1 and FORGED in connected[0], text
+    assert any("GET /nothing" in line and "CRITICAL" in line for line in lines), text
     assert "sub=mallory\\n2026-12-03" in connected[0]
     assert "\\r\\n\\x1b[2J\\u2028" in connected[0] and "\\x85\\x7f" in connected[0]
     for bad in ("\r", "\x1b", "\u2028", "\x85", "\x7f"):
