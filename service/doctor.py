@@ -66,7 +66,11 @@ def check_key(settings: Settings) -> Result:
             signing_key(settings)  # optional, but a bad one must show here rather than in `zepix-hub token`
         strength = describe_key(settings, key)
     except ConfigError as exc:
-        return fail(name, str(exc), "set the key variables named above, then run doctor again")
+        fix = "set the key variables named above, then run doctor again"
+        if existing_dev_secret_file(settings):
+            fix = (f"{settings.data_dir} holds a dev secret: `serve --demo`/`--dev` uses it (check that setup "
+                   "with HUB_DEV=true zepix-hub doctor); a plain `serve` needs HUB_JWT_SECRET")
+        return fail(name, str(exc), fix)
     algorithm = settings.jwt_algorithms[0]
     if settings.symmetric:
         source = "HUB_JWT_SECRET" if settings.jwt_secret else f"the dev secret in {settings.data_dir}"
@@ -78,6 +82,13 @@ def check_key(settings: Settings) -> Result:
                       "fine on a laptop; in production leave HUB_DEV unset and set HUB_JWT_SECRET "
                       "or HUB_JWT_PUBLIC_KEY")
     return ok(name, detail)
+
+
+def existing_dev_secret_file(settings: Settings) -> bool:
+    from .auth import DEV_SECRET_FILE
+
+    return settings.symmetric and not settings.dev_mode and not settings.jwt_secret and \
+        (settings.data_dir / DEV_SECRET_FILE).is_file()
 
 
 def check_dev_mode(settings: Settings) -> Result:

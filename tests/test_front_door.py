@@ -376,12 +376,17 @@ async def test_doctor_reports_the_security_settings(tmp_path: Path) -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    prod, remote_open, dev, rs = await asyncio.gather(
+    dev_dir = tmp_path / "dev-dir"
+    (dev_dir / "data").mkdir(parents=True)
+    (dev_dir / "data" / "jwt-secret").write_text("d" * 64)
+    (dev_dir / "data" / "jwt-secret").chmod(0o600)
+    prod, remote_open, dev, rs, left_over = await asyncio.gather(
         cli(_env(tmp_path), "doctor"),
         cli(_env(tmp_path, HUB_HOST="0.0.0.0", HUB_JWT_AUDIENCE=""), "doctor"),
         cli(_env(tmp_path, HUB_DEV="true", HUB_JWT_SECRET="-"), "doctor"),
         cli(_env(tmp_path, HUB_JWT_SECRET="-", HUB_JWT_ALGORITHMS="RS256", HUB_JWT_PUBLIC_KEY=public_pem),
             "doctor"),
+        cli(_env(dev_dir, HUB_DEV="-", HUB_JWT_SECRET="-"), "doctor"),
     )
     assert re.search(r"^OK    dev mode: off$", prod.out, re.M), prod.out
     assert re.search(r"^OK    audience: tokens must carry aud=zepix-hub", prod.out, re.M), prod.out
@@ -396,6 +401,10 @@ async def test_doctor_reports_the_security_settings(tmp_path: Path) -> None:
     assert re.search(r"^WARN  JWT key: HS256 secret from the dev secret in .*\(64 characters\)", dev.out, re.M)
 
     assert re.search(r"^OK    JWT key: RS256 RSA 2048-bit public key from HUB_JWT_PUBLIC_KEY", rs.out, re.M), rs.out
+
+    # After `serve --demo`, a plain doctor says why a plain `serve` would refuse, and how to check dev mode.
+    assert re.search(r"^FAIL  JWT key: no JWT key", left_over.out, re.M), left_over.out
+    assert "holds a dev secret" in left_over.out and "HUB_DEV=true zepix-hub doctor" in left_over.out
 
 
 async def test_rsa_keys_under_2048_bits_are_refused(tmp_path: Path) -> None:
