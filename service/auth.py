@@ -227,6 +227,9 @@ def verification_key(settings: Settings) -> str:
             return _usable_key(settings.jwt_secret, settings, "HUB_JWT_SECRET")
         if settings.dev_mode:
             return dev_secret(settings.data_dir)
+        if not settings.loopback:  # dev mode would be refused here: do not suggest it
+            raise ConfigError(f"no JWT key for {settings.host}, a non-loopback address: set HUB_JWT_SECRET "
+                              "(32+ characters), or HUB_JWT_PUBLIC_KEY with HUB_JWT_ALGORITHMS=RS256")
         raise ConfigError(f"no JWT key: {NO_KEY} (or HUB_JWT_PUBLIC_KEY with HUB_JWT_ALGORITHMS=RS256)")
     if not settings.jwt_public_key:
         raise ConfigError(f"HUB_JWT_ALGORITHMS={settings.jwt_algorithms[0]} needs HUB_JWT_PUBLIC_KEY (PEM or path)")
