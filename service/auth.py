@@ -292,7 +292,8 @@ def dev_secret(data_dir: Path) -> str:
     written through a name someone else prepared. Two processes racing get the same secret: link()
     fails for the second, which then reads the first one's.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # No mode on the directory: run as root, the embedded PostgreSQL's own user must traverse it.
+    data_dir.mkdir(parents=True, exist_ok=True)
     existing = existing_dev_secret(data_dir)
     if existing is not None:
         return existing
