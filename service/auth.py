@@ -143,8 +143,8 @@ def mint(settings: Settings, key: str, *, subject: str, ttl_s: float,
 def _read_key(value: str, setting: str) -> str:
     """A key setting holds either PEM text or the path of a PEM file.
 
-    The value is never shown: what is not PEM text may still be key material (base64 DER, a JWK, a
-    PEM body without its lines), and it would end in a terminal, a CI log or journald.
+    The value is shown only when it names an existing file: anything else that is not PEM text may be
+    key material (base64 DER, a JWK, a PEM body without its lines), bound for a terminal or journald.
     """
     if "-----BEGIN" in value:
         return value

@@ -106,6 +106,17 @@ async def test_serve_dev_prints_a_dev_link_on_loopback(dsn: str, tmp_path: Path)
         assert minted.code == 0, minted
         async with await connect(f"ws://127.0.0.1:{port}/ws/live?token={minted.out.strip()}") as ws:
             assert (await recv_json(ws))["sub"] == "bob"
+        # And `zepix-hub tail` beside it mints its own dev token from the same file.
+        tail = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", "tail", "--json", "--url", f"http://127.0.0.1:{port}",
+            env=_env(tmp_path, HUB_DATABASE_URL=dsn, HUB_JWT_SECRET="-", HUB_DEV="-"), cwd=str(ROOT),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            assert tail.stderr is not None
+            await read_line_until(tail.stderr, r"^-- connected to ws://127\.0\.0\.1:\d+/ws/live", within=30)
+        finally:
+            tail.terminate()
+            assert await asyncio.wait_for(tail.wait(), 30) == 0
     finally:
         if proc.returncode is None:
             proc.terminate()
