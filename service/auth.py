@@ -1,14 +1,19 @@
 """JWT verification and minting: the only module that imports jose.
 
 Policy: the algorithm allow-list comes from settings, never from the token;
-`exp` is required; `aud`/`iss` are checked when configured; `alg: none` and
-HS/RS confusion are rejected before any signature check. Error messages are
-short, fixed strings that never echo the token.
+`exp` is required; `aud` is required (HUB_JWT_AUDIENCE, default `zepix-hub`,
+off only when set empty) and `iss` when configured; `alg: none` and HS/RS
+confusion are rejected before any signature check. Error messages are short,
+fixed strings that never echo the token, and no message ever echoes a key
+setting's value: it may be key material in any form.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,8 @@ from .settings import HS_ALGORITHMS, Settings
 from .topics import ALL_TOPICS, parse_topics
 
 DEV_SECRET_FILE = "jwt-secret"
+#: RSA keys shorter than this are refused (NIST SP 800-131A has disallowed 1024-bit RSA signatures since 2013).
+MIN_RSA_BITS = 2048
 #: Lifetime of the tokens minted for you in dev mode (the dashboard link of `serve`, `tail`).
 DEV_TOKEN_TTL_S = 7 * 86400
 
@@ -134,17 +141,26 @@ def mint(settings: Settings, key: str, *, subject: str, ttl_s: float,
 
 
 def _read_key(value: str, setting: str) -> str:
-    """A key setting holds either PEM text or the path of a PEM file."""
+    """A key setting holds either PEM text or the path of a PEM file.
+
+    The value is shown only when it names an existing file: anything else that is not PEM text may be
+    key material (base64 DER, a JWK, a PEM body without its lines), bound for a terminal or journald.
+    """
     if "-----BEGIN" in value:
         return value
-    # Key material pasted without its PEM lines must not be echoed as a "file name".
-    shown = repr(value) if len(value) <= 200 and value.isprintable() else "(not PEM text, not a file name)"
     try:
         return Path(value).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read key file {shown}: {exc.strerror}") from None
-    except (UnicodeDecodeError, ValueError):  # a binary (DER) file, or NUL in the name
-        raise ConfigError(f"{setting}: key file {shown} is not PEM text") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: NUL in the value
+        try:
+            named = Path(value).exists()  # only a value that names an existing file is a file name to show
+        except (OSError, ValueError):
+            named = False
+        if not named:
+            raise ConfigError(f"{setting}: not PEM text, and no file by that name "
+                              "(the value is not shown: it may be key material)") from None
+        if isinstance(exc, OSError):
+            raise ConfigError(f"{setting}: cannot read key file {value!r}: {exc.strerror}") from None
+        raise ConfigError(f"{setting}: key file {value!r} is not PEM text") from None
 
 
 def _usable_key(key: str, settings: Settings, setting: str, *, signing: bool = False) -> str:
@@ -158,30 +174,79 @@ def _usable_key(key: str, settings: Settings, setting: str, *, signing: bool = F
     is_public = getattr(constructed, "is_public", None)  # asymmetric keys only
     if signing and callable(is_public) and is_public():
         raise ConfigError(f"{setting} holds a public key: minting {algorithm} tokens needs the private key")
+    bits = _rsa_bits(constructed)
+    if bits is not None and bits < MIN_RSA_BITS:
+        raise ConfigError(f"{setting} is a {bits}-bit RSA key: use at least {MIN_RSA_BITS} bits")
     return key
+
+
+def _rsa_bits(constructed: object) -> int | None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    prepared = getattr(constructed, "prepared_key", None)
+    return prepared.key_size if isinstance(prepared, rsa.RSAPrivateKey | rsa.RSAPublicKey) else None
+
+
+def describe_key(settings: Settings, key: str) -> str:
+    """How strong the verification key is, in words (`doctor`): never a byte of the key itself."""
+    algorithm = settings.jwt_algorithms[0]
+    if algorithm in HS_ALGORITHMS:
+        return f"{len(key)} characters"
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    constructed = jwk.construct(key, algorithm)
+    prepared = getattr(constructed, "prepared_key", None)
+    bits = _rsa_bits(constructed)
+    if bits is not None:
+        return f"RSA {bits}-bit"
+    if isinstance(prepared, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return f"EC {prepared.curve.name}"
+    return type(prepared).__name__
+
+
+def check_exposure(settings: Settings) -> None:
+    """Dev mode on a non-loopback bind is refused unless forced: its tokens would reach the network."""
+    if settings.dev_mode and not settings.loopback and not settings.dev_allow_remote:
+        raise ConfigError(
+            f"dev mode on {settings.host}, which is not a loopback address: set HUB_JWT_SECRET (32+ characters) "
+            "and leave dev mode off (no --dev/--demo, HUB_DEV unset), or force it with --allow-remote-dev "
+            "(HUB_DEV_ALLOW_REMOTE=true)")
+
+
+NO_KEY = "set HUB_JWT_SECRET (32+ characters) or run `zepix-hub serve --demo` / `--dev`"
 
 
 def verification_key(settings: Settings) -> str:
     """The key tokens are verified with. Outside dev mode a missing key is a startup error."""
+    check_exposure(settings)
     if settings.jwt_algorithms[0] in HS_ALGORITHMS:
         if settings.jwt_secret:
-            if len(settings.jwt_secret) < 32 and not settings.dev_mode:
+            # Also in dev mode: a short secret is guessable offline from any one token.
+            if len(settings.jwt_secret) < 32:
                 raise ConfigError("HUB_JWT_SECRET is too short: use at least 32 random characters")
             return _usable_key(settings.jwt_secret, settings, "HUB_JWT_SECRET")
         if settings.dev_mode:
             return dev_secret(settings.data_dir)
-        raise ConfigError(
-            "no JWT key: set HUB_JWT_SECRET (HS256) or HUB_JWT_PUBLIC_KEY with HUB_JWT_ALGORITHMS=RS256, "
-            "or run in dev mode (HUB_DEV=true)"
-        )
+        if not settings.loopback:  # dev mode would be refused here: do not suggest it
+            raise ConfigError(f"no JWT key for {settings.host}, a non-loopback address: set HUB_JWT_SECRET "
+                              "(32+ characters), or HUB_JWT_PUBLIC_KEY with HUB_JWT_ALGORITHMS=RS256")
+        raise ConfigError(f"no JWT key: {NO_KEY} (or HUB_JWT_PUBLIC_KEY with HUB_JWT_ALGORITHMS=RS256)")
     if not settings.jwt_public_key:
         raise ConfigError(f"HUB_JWT_ALGORITHMS={settings.jwt_algorithms[0]} needs HUB_JWT_PUBLIC_KEY (PEM or path)")
     return _usable_key(_read_key(settings.jwt_public_key, "HUB_JWT_PUBLIC_KEY"), settings, "HUB_JWT_PUBLIC_KEY")
 
 
 def signing_key(settings: Settings) -> str:
-    """The key `zepix-hub token` signs with: the HS secret, or HUB_JWT_PRIVATE_KEY for asymmetric setups."""
+    """The key `zepix-hub token` signs with: the HS secret, or HUB_JWT_PRIVATE_KEY for asymmetric setups.
+
+    With no key configured and dev mode off, the dev secret of a data dir where `serve --demo`/`--dev`
+    ran is used if it exists: minting with a file this user can read already gives nobody anything new.
+    """
     if settings.jwt_algorithms[0] in HS_ALGORITHMS:
+        if not settings.jwt_secret and not settings.dev_mode:
+            existing = existing_dev_secret(settings.data_dir)
+            if existing is not None:
+                return existing
         return verification_key(settings)
     if not settings.jwt_private_key:
         raise ConfigError("minting RS/ES tokens needs HUB_JWT_PRIVATE_KEY (PEM or path)")
@@ -189,20 +254,63 @@ def signing_key(settings: Settings) -> str:
     return _usable_key(key, settings, "HUB_JWT_PRIVATE_KEY", signing=True)
 
 
-def dev_secret(data_dir: Path) -> str:
-    """The dev-mode secret: random, created once, kept (mode 0600) in the data directory, never hard-coded."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def existing_dev_secret(data_dir: Path) -> str | None:
+    """The dev secret kept in `data_dir`, or None if there is none. ConfigError for a file others could
+    have read or written: group/world access, another owner, a symlink, not a regular file, empty."""
     path = data_dir / DEV_SECRET_FILE
     try:
-        existing = path.read_text().strip()
-        if existing:
-            return existing
+        # O_NOFOLLOW: a symlink planted at this name must not lead the hub to someone else's file.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        pass
-    secret = secrets.token_urlsafe(48)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(secret)
-    tmp.chmod(0o600)
-    tmp.replace(path)
+        return None
+    except OSError as exc:
+        if path.is_symlink():
+            raise ConfigError(f"dev secret file {path} is a symbolic link, not a regular file: delete it") from None
+        raise ConfigError(f"cannot read the dev secret file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "r") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"dev secret file {path} is not a regular file: delete it")
+        if info.st_uid != os.geteuid():
+            raise ConfigError(f"dev secret file {path} is owned by uid {info.st_uid}, not by this user "
+                              f"(uid {os.geteuid()}): delete it so a new one is made")
+        if info.st_mode & 0o077:
+            raise ConfigError(f"dev secret file {path} is readable by group or others "
+                              f"(mode {stat.S_IMODE(info.st_mode):04o}): delete it so a new one is made "
+                              "(its secret may have been read)")
+        secret = file.read().strip()
+    if not secret:
+        raise ConfigError(f"dev secret file {path} is empty: delete it so a new one is made")
     return secret
 
+
+def dev_secret(data_dir: Path) -> str:
+    """The dev-mode secret: random, created once, kept in the data directory, never hard-coded.
+
+    Written to an unpredictable temporary name created with O_EXCL and mode 0600 (mkstemp), then linked
+    to its final name, so the secret is never readable by others, not even for an instant, and never
+    written through a name someone else prepared. Two processes racing get the same secret: link()
+    fails for the second, which then reads the first one's.
+    """
+    # No mode on the directory: run as root, the embedded PostgreSQL's own user must traverse it.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    existing = existing_dev_secret(data_dir)
+    if existing is not None:
+        return existing
+    secret = secrets.token_urlsafe(48)
+    fd, tmp = tempfile.mkstemp(prefix=f".{DEV_SECRET_FILE}-", dir=data_dir)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(secret)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(tmp, data_dir / DEV_SECRET_FILE)
+        except FileExistsError:
+            raced = existing_dev_secret(data_dir)
+            if raced is None:  # gone again between link() and the read: a person is deleting it
+                raise ConfigError(f"the dev secret file in {data_dir} keeps disappearing") from None
+            return raced
+    finally:
+        os.unlink(tmp)
+    return secret

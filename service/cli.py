@@ -92,8 +92,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
     from .server import HubServer, run_workers, uvicorn_config
 
-    settings = _settings(host=args.host, port=args.port)
-    verification_key(settings)  # fail early on a missing key, before starting a database
+    # --demo asks for dev mode unless HUB_DEV says otherwise (a demo feed beside a real key); --dev always.
+    wants_dev = args.dev or (args.demo and not os.environ.get("HUB_DEV", "").strip())
+    settings = _settings(host=args.host, port=args.port, dev=True if wants_dev else None,
+                         dev_allow_remote=True if args.allow_remote_dev else None)
+    verification_key(settings)  # fail early on a missing key or an exposed dev mode, before starting a database
     dsn = _dsn(settings)
     from . import migrate
 
@@ -104,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Workers and the demo reuse what this process resolved: one database, already migrated.
     os.environ["HUB_DATABASE_URL"] = dsn
     os.environ["HUB_DEV"] = "true" if settings.dev_mode else "false"
+    os.environ["HUB_DEV_ALLOW_REMOTE"] = "true" if settings.dev_allow_remote else "false"
     os.environ["HUB_AUTO_MIGRATE"] = "false"
     os.environ["HUB_DATA_DIR"] = str(settings.data_dir)
     os.environ["HUB_HOST"] = settings.host
@@ -262,7 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="interface to bind (default HUB_HOST or 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port to bind (default HUB_PORT or 8000; 0 = any free port)")
     p.add_argument("--workers", type=_workers, default=1, help="worker processes (default 1, at most 256)")
-    p.add_argument("--demo", action="store_true", help="also run the simulated trading bot")
+    p.add_argument("--demo", action="store_true",
+                   help="also run the simulated trading bot; implies --dev unless HUB_DEV is set")
+    p.add_argument("--dev", action="store_true",
+                   help="dev mode: a random secret kept in HUB_DATA_DIR and a 7-day dashboard link (loopback only)")
+    p.add_argument("--allow-remote-dev", action="store_true",
+                   help="allow dev mode on a non-loopback --host (HUB_DEV_ALLOW_REMOTE=true); never in production")
     p.add_argument("--rate", type=_positive_float, default=3.0, help="demo operations per second (default 3)")
 
     p = add("migrate", cmd_migrate, "Apply the database migrations.")

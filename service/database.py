@@ -84,10 +84,40 @@ def _check_hosts(url: str) -> None:
                               "(percent-encode '@', '#', '/', '?' and ':' in a user name or password)")
 
 
+#: libpq parameters whose value is a secret. File paths (passfile, sslkey, sslcert, sslrootcert, sslcrl) are
+#: shown: they tell an operator which file is read, and the file's own permissions guard what is in it.
+SECRET_PARAMS = frozenset({"password", "sslpassword"})
+_KEYWORD_SECRET = re.compile(r"(?i)\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
+
+
 def mask_dsn(dsn: str) -> str:
-    """The DSN without its password, for printing."""
-    masked = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
+    """The DSN without its secrets, for printing: the userinfo password and every secret-bearing
+    parameter (matched case-insensitively and percent-decoded, as libpq and asyncpg decode them), and
+    any parameter value that is itself a URL with credentials."""
+    from urllib.parse import unquote
+
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:  # not a URL: libpq's keyword=value form
+        return _KEYWORD_SECRET.sub(r"\1***", dsn)
+    # libpq ends the user info at an '@' before the first '/': the last such '@', so that a password
+    # with an unencoded '@', '?' or '#' is hidden whole.
+    slash = rest.find("/")
+    authority = rest if slash < 0 else rest[:slash]
+    at = authority.rfind("@")
+    prefix = ""
+    if at >= 0:
+        user, colon, _ = authority[:at].partition(":")
+        prefix, rest = f"{user}{':***' if colon else ''}@", rest[at + 1:]
+    body, hashmark, fragment = rest.partition("#")
+    path, question, query = body.partition("?")
+    params = []
+    for param in query.split("&") if question else []:
+        key, equals, value = param.partition("=")
+        if equals and (unquote(key).strip().lower() in SECRET_PARAMS
+                       or ("://" in unquote(value) and "@" in unquote(value))):
+            value = "***"
+        params.append(f"{key}{equals}{value}")
+    return f"{scheme}://{prefix}{path}{question}{'&'.join(params)}{hashmark}{fragment}"
 
 
 def _shown(url: str) -> str:

@@ -1,6 +1,7 @@
 """`zepix-hub doctor`: check what the hub needs, one line per check, each failure with its fix.
 
-Checks, in order: the JWT key configuration, the database connection, the
+Checks, in order: the security-relevant settings (dev mode, bind address,
+audience check, JWT key and its strength), the database connection, the
 migration revision, the capture triggers and functions, a LISTEN/NOTIFY round
 trip, and the NOTIFY queue usage. Checks that need the database are skipped
 (and count as failed) when it cannot be reached. Exit 0 when all pass, 1 otherwise.
@@ -55,24 +56,72 @@ def fail(name: str, detail: str, fix: str) -> Result:
 
 
 def check_key(settings: Settings) -> Result:
-    from .auth import signing_key, verification_key
+    """The key tokens are verified with, where it comes from and how strong it is (never the key itself)."""
+    from .auth import describe_key, signing_key, verification_key
 
     name = "JWT key"
     try:
-        verification_key(settings)
+        key = verification_key(settings)
         if settings.jwt_private_key and not settings.symmetric:
             signing_key(settings)  # optional, but a bad one must show here rather than in `zepix-hub token`
+        strength = describe_key(settings, key)
     except ConfigError as exc:
-        return fail(name, str(exc), "set the key variables named above, then run doctor again")
+        fix = "set the key variables named above, then run doctor again"
+        if existing_dev_secret_file(settings):
+            fix = (f"{settings.data_dir} holds a dev secret: `serve --demo`/`--dev` uses it (check that setup "
+                   "with HUB_DEV=true zepix-hub doctor); a plain `serve` needs HUB_JWT_SECRET")
+        return fail(name, str(exc), fix)
     algorithm = settings.jwt_algorithms[0]
+    if settings.symmetric:
+        source = "HUB_JWT_SECRET" if settings.jwt_secret else f"the dev secret in {settings.data_dir}"
+        detail = f"{algorithm} secret from {source} ({strength})"
+    else:
+        detail = f"{algorithm} {strength} public key from HUB_JWT_PUBLIC_KEY"
     if settings.dev_mode:
-        source = "HUB_JWT_SECRET" if settings.jwt_secret or not settings.symmetric else \
-            f"the dev secret in {settings.data_dir}"
-        return Result(name, "WARN", f"{algorithm} key from {source}, dev mode is on",
-                      "fine on a laptop; in production set HUB_DEV=false and HUB_JWT_SECRET "
+        return Result(name, "WARN", f"{detail}, dev mode is on",
+                      "fine on a laptop; in production leave HUB_DEV unset and set HUB_JWT_SECRET "
                       "or HUB_JWT_PUBLIC_KEY")
-    source = "HUB_JWT_SECRET" if settings.symmetric else "HUB_JWT_PUBLIC_KEY"
-    return ok(name, f"{algorithm} key from {source}")
+    return ok(name, detail)
+
+
+def existing_dev_secret_file(settings: Settings) -> bool:
+    from .auth import DEV_SECRET_FILE
+
+    return settings.symmetric and not settings.dev_mode and not settings.jwt_secret and \
+        (settings.data_dir / DEV_SECRET_FILE).is_file()
+
+
+def check_dev_mode(settings: Settings) -> Result:
+    name = "dev mode"
+    if not settings.dev_mode:
+        return ok(name, "off")
+    if settings.loopback:
+        return Result(name, "WARN", f"on (loopback only: {settings.host}); `serve` prints a 7-day all-topics token",
+                      "fine on a laptop; in production leave HUB_DEV unset")
+    if settings.dev_allow_remote:
+        return Result(name, "WARN", f"on and forced on {settings.host} (HUB_DEV_ALLOW_REMOTE=true): anyone who "
+                      "reaches the hub and sees its output can read every topic",
+                      "leave HUB_DEV and HUB_DEV_ALLOW_REMOTE unset and set HUB_JWT_SECRET")
+    return fail(name, f"on, with {settings.host} not a loopback address: `serve` refuses to start",
+                "leave HUB_DEV unset and set HUB_JWT_SECRET (32+ characters), or bind to 127.0.0.1")
+
+
+def check_bind(settings: Settings) -> Result:
+    name = "bind address"
+    if settings.loopback:
+        return ok(name, f"{settings.host} (loopback: reachable from this machine only)")
+    return Result(name, "WARN", f"{settings.host} is reachable from the network",
+                  "put a TLS-terminating proxy in front: the hub speaks plain HTTP and WebSocket, "
+                  "so tokens would cross the network in clear")
+
+
+def check_audience(settings: Settings) -> Result:
+    name = "audience"
+    if settings.jwt_audience is not None:
+        return ok(name, f"tokens must carry aud={settings.jwt_audience}")
+    return Result(name, "WARN", "check off (HUB_JWT_AUDIENCE is empty): any token signed with the key is "
+                  "accepted, also one minted for another service sharing the key or identity provider",
+                  "unset HUB_JWT_AUDIENCE (default zepix-hub) or set it to the aud your tokens carry")
 
 
 async def connect_db(dsn: str) -> tuple[asyncpg.Connection | None, Result]:
@@ -203,7 +252,8 @@ async def run_checks(settings: Settings, emit: Callable[[Result], None]) -> list
         results.append(result)
         emit(result)
 
-    record(check_key(settings))
+    for setting_check in (check_dev_mode, check_bind, check_audience, check_key):
+        record(setting_check(settings))
     try:
         dsn = await asyncio.to_thread(resolve_dsn, settings)
     except HubError as exc:

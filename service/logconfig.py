@@ -2,6 +2,10 @@
 
 The filter sits on the handlers, so it sees every record, including uvicorn's
 access log (which prints query strings) and its WebSocket handshake lines.
+
+A record is one line: control characters in a message (a token's `sub`, a
+decoded request path) are escaped, so no value can start a line that looks
+like another record. Traceback and stack lines are indented under their record.
 """
 
 from __future__ import annotations
@@ -30,6 +34,33 @@ _WIRE_IN = "< %s"
 _QUERY_PARAM = re.compile(r"([?&])((?:[A-Za-z0-9_.~+\-]|%[0-9A-Fa-f]{2})+)=([^&\s\"'#]*)")
 _ENCODED_RUN = re.compile(r"[A-Za-z0-9_.~\-]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9_.~\-]*)+")
 _JWT = _PATTERNS[2][0]
+
+# C0 (newline, carriage return, tab and ESC included), DEL, C1 (NEL among them), the Unicode line and
+# paragraph separators, and the bidi overrides and isolates that reorder what a terminal shows.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group(0)
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_controls(text: str) -> str:
+    """The text on one line: every control character as a visible escape (\\n, \\x1b, \\u2028).
+
+    Backslashes are left alone, so escaping twice changes nothing; a literal `\\n` typed by a client
+    reads like an escaped newline, but cannot start a line.
+    """
+    return _CONTROL.sub(_escaped, text)
+
+
+def _continuation(text: str) -> str:
+    """Traceback or stack text under a record: lines kept, each indented, other controls escaped."""
+    return "\n".join("    " + _CONTROL_BUT_NEWLINE.sub(_escaped, line) for line in text.split("\n"))
 
 
 def _encoded_token_param(match: re.Match[str]) -> str:
@@ -61,7 +92,7 @@ class RedactTokens(logging.Filter):
             record.msg, record.args = f"< {frame.opcode.name} [{len(frame.data)} bytes]", None
             return True
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = escape_controls(redact(message))
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True
@@ -85,11 +116,15 @@ class Retrying(logging.Filter):
 class TextFormatter(logging.Formatter):
     """The text format, redacting the whole line: tracebacks and stacks never pass the filter."""
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)  # also without the filter (pytest's handlers)
+        return super().formatMessage(record)
+
     def formatException(self, ei: Any) -> str:
-        return redact(super().formatException(ei))
+        return _continuation(redact(super().formatException(ei)))
 
     def formatStack(self, stack_info: str) -> str:
-        return redact(super().formatStack(stack_info))
+        return _continuation(redact(super().formatStack(stack_info)))
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -107,10 +142,11 @@ class JsonFormatter(logging.Formatter):
         if conn is not None:
             entry["conn"] = conn
         if record.exc_info:
-            entry["exc"] = redact(self.formatException(record.exc_info))
+            entry["exc"] = _CONTROL_BUT_NEWLINE.sub(_escaped, redact(self.formatException(record.exc_info)))
         if record.stack_info:
-            entry["stack"] = redact(self.formatStack(record.stack_info))
-        entry["msg"] = redact(entry["msg"])
+            entry["stack"] = _CONTROL_BUT_NEWLINE.sub(_escaped, redact(self.formatStack(record.stack_info)))
+        # json.dumps escapes C0 only; DEL, C1, U+2028/9 and bidi controls would pass raw.
+        entry["msg"] = escape_controls(redact(entry["msg"]))
         return json.dumps(entry, ensure_ascii=False)
 
 

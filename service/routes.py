@@ -19,7 +19,7 @@ from .auth import Principal
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
 from .frames import MAX_SEQ
 from .session import Session
-from .topics import LOG_STREAM, PERSISTED_TOPICS, TRADE_UPDATE, parse_topics
+from .topics import LOG_STREAM, PERSISTED_TOPICS, SYS_STATUS, TRADE_UPDATE, parse_topics
 
 router = APIRouter()
 ASYNCAPI_FILE = STATIC_DIR.parent / "asyncapi.json"
@@ -120,12 +120,13 @@ async def snapshot(hub: HubDep, who: PrincipalDep) -> Response:
     """
     snap = await hub.store.snapshot(hub.settings.snapshot_logs)
     trades_ok, logs_ok = TRADE_UPDATE in who.topics, LOG_STREAM in who.topics
+    status = hub.heartbeat.latest_data if SYS_STATUS in who.topics else None
     body = (
         f'{{"head":{snap.head},"oldest":{snap.oldest},'
         f'"open_trades":[{",".join(snap.open_trades) if trades_ok else ""}],'
         f'"closed_trades":[{",".join(snap.closed_trades) if trades_ok else ""}],'
         f'"logs":[{",".join(snap.logs) if logs_ok else ""}],'
-        f'"status":{json.dumps(hub.heartbeat.latest_data)}}}'
+        f'"status":{json.dumps(status)}}}'
     )
     return Response(body, media_type="application/json")
 

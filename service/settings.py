@@ -19,6 +19,8 @@ ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", 
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The `aud` every token must carry unless HUB_JWT_AUDIENCE says otherwise (docs/adr/0006-dev-mode-and-audience.md).
+DEFAULT_AUDIENCE = "zepix-hub"
 
 
 class Settings(BaseSettings):
@@ -32,7 +34,10 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path(".zepix-hub")
     auto_migrate: bool = True
-    dev: bool | None = None
+    # Dev mode is asked for (`serve --demo`/`--dev`, HUB_DEV=true), never inferred, and refused on a
+    # non-loopback bind unless forced: it mints week-long all-topics tokens and prints one.
+    dev: bool = False
+    dev_allow_remote: bool = False
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -41,7 +46,7 @@ class Settings(BaseSettings):
     jwt_public_key: str | None = None
     jwt_private_key: str | None = None
     jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
-    jwt_audience: str | None = None
+    jwt_audience: str | None = DEFAULT_AUDIENCE  # "" (explicitly empty) turns the check off
     jwt_issuer: str | None = None
     jwt_leeway_s: int = Field(default=0, ge=0, le=300)
     max_token_bytes: int = Field(default=4096, ge=256, le=1024 * 1024)
@@ -78,6 +83,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @field_validator("jwt_audience")
+    @classmethod
+    def _audience(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
 
     @field_validator("log_format", mode="before")
     @classmethod
@@ -120,8 +130,13 @@ class Settings(BaseSettings):
 
     @property
     def dev_mode(self) -> bool:
-        """Dev mode (a random secret kept in the data dir) is on by default only with the embedded database."""
-        return self.embedded if self.dev is None else self.dev
+        """Dev mode: a random secret kept in the data dir, and a dev token printed by `serve`. Off unless asked."""
+        return self.dev
+
+    @property
+    def loopback(self) -> bool:
+        """True when HUB_HOST is reachable from this machine only."""
+        return is_loopback(self.host)
 
     @property
     def symmetric(self) -> bool:
@@ -139,6 +154,19 @@ def load_settings(**overrides: object) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`; a wildcard, any other address or a host name counts as the network."""
+    import ipaddress
+
+    name = host.strip().removeprefix("[").removesuffix("]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a name could resolve anywhere
 
 
 def display_host(host: str) -> str:

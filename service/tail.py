@@ -166,12 +166,16 @@ def resolve_token(explicit: str | None, url: str, settings: Settings) -> str | C
     from_url = parse_qs(urlsplit(url).query).get("token")
     if from_url and from_url[0].strip():
         return from_url[0].strip()
-    if not settings.dev_mode:
-        raise ConfigError("no token: pass --token or set HUB_TOKEN "
-                          "(mint one with: zepix-hub token --sub NAME)")
     from .auth import DEV_SECRET_FILE, DEV_TOKEN_TTL_S, mint, signing_key
 
-    if settings.symmetric and not settings.jwt_secret and not (settings.data_dir / DEV_SECRET_FILE).exists():
+    # Outside dev mode tail mints only with the dev secret of a data dir where `serve --demo`/`--dev` ran.
+    dev_file = os.path.lexists(settings.data_dir / DEV_SECRET_FILE)
+    dev_data_dir = settings.symmetric and not settings.jwt_secret and dev_file
+    if not settings.dev_mode and not dev_data_dir:
+        raise ConfigError("no token: pass --token or set HUB_TOKEN "
+                          "(mint one with: zepix-hub token --sub NAME)")
+
+    if settings.symmetric and not settings.jwt_secret and not dev_file:
         # Minting would create a new dev secret the running hub does not know.
         raise ConfigError(f"no dev secret in {settings.data_dir}: run tail from the directory where "
                           "`zepix-hub serve` runs (or set HUB_DATA_DIR), or pass --token")

@@ -26,7 +26,11 @@ def _b64(obj: dict[str, Any]) -> str:
 
 def _claims(**extra: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"sub": "t", "iat": now, "exp": now + 600, **extra}
+    return {"sub": "t", "iat": now, "exp": now + 600, "aud": "zepix-hub", **extra}
+
+
+def _without_aud(claims: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in claims.items() if k != "aud"}
 
 
 def _hs(claims: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> str:
@@ -44,7 +48,7 @@ BAD_TOKENS: dict[str, tuple[Callable[[], str | None], str]] = {
     "HS512 not on the allow-list": (lambda: _hs(_claims(), alg="HS512"), "token algorithm not allowed"),
     "expired": (lambda: _hs(_claims(exp=int(time.time()) - 5)), "token expired"),
     "not yet valid": (lambda: _hs(_claims(nbf=int(time.time()) + 600)), "token not yet valid"),
-    "no exp": (lambda: _hs({"sub": "t"}), "token has no valid exp"),
+    "no exp": (lambda: _hs({"sub": "t", "aud": "zepix-hub"}), "token has no valid exp"),
     "too large": (lambda: _hs(_claims(pad="x" * 5000)), "token too large"),
     "bad topics claim": (lambda: _hs(_claims(topics=["nope"])), "invalid topics claim"),
     "topics claim not a list": (lambda: _hs(_claims(topics=5)), "invalid topics claim"),
@@ -123,7 +127,8 @@ async def test_rs256_setup_rejects_algorithm_confusion_and_wrong_aud_iss(rs_hub:
     cases = {
         "confusion": (confused, "token algorithm not allowed"),
         "wrong aud": (str(jwt.encode({**good, "aud": "other"}, private, algorithm="RS256")), "wrong token audience"),
-        "no aud": (str(jwt.encode(_claims(iss="zepix-auth"), private, algorithm="RS256")), "wrong token audience"),
+        "no aud": (str(jwt.encode(_without_aud(_claims(iss="zepix-auth")), private, algorithm="RS256")),
+                   "wrong token audience"),
         "wrong iss": (str(jwt.encode({**good, "iss": "evil"}, private, algorithm="RS256")), "wrong token issuer"),
     }
     for name, (token, reason) in cases.items():

@@ -196,7 +196,7 @@ async def test_doctor_passes_on_a_good_database_and_explains_failures(
     lines = good.out.splitlines()
     for check in ("JWT key", "database", "migrations", "triggers", "LISTEN/NOTIFY", "NOTIFY queue"):
         assert any(line.startswith("OK") and f"  {check}: " in line for line in lines), (check, good.out)
-    assert "all 6 checks passed" in good.out
+    assert "all 9 checks passed" in good.out
     assert "fix:" not in good.out
 
     assert missing.code == 1, missing
@@ -546,7 +546,7 @@ async def test_bad_jwt_key_material_is_a_configuration_error(tmp_path: Path) -> 
         (env(str(public), garbage_private), ("token", "--sub", "a"), "HUB_JWT_PRIVATE_KEY is not a valid RS256 key"),
         (env(str(public), str(der)), ("token", "--sub", "a"), "is not PEM text"),
         (env(str(public), str(public)), ("token", "--sub", "a"), "HUB_JWT_PRIVATE_KEY holds a public key"),
-        (env(str(public), "bm90IGEga2V5" * 30), ("token", "--sub", "a"), "(not PEM text, not a file name)"),
+        (env(str(public), "bm90IGEga2V5" * 30), ("token", "--sub", "a"), "not PEM text, and no file by that name"),
         (cli_env(NO_DB, tmp_path, HUB_JWT_SECRET=garbage_pem + "x" * 32), ("serve", "--port", "0"),
          "HUB_JWT_SECRET is not a valid HS256 secret"),
     ]
