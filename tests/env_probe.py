@@ -2,7 +2,7 @@
 
 Not named test_*.py, so the normal suite does not collect it. Each test starts a hub the way the suite does
 and shows, from outside, that the poison did not reach it: a client may send three pings in a row (the poison
-allows one message in a thousand seconds), and a token minted by the CLI carries no audience.
+allows one message in a thousand seconds), and a token minted by the CLI carries the default audience, not the poisoned one.
 """
 
 from __future__ import annotations
@@ -59,4 +59,4 @@ async def test_a_cli_run_ignores_the_callers_variables(tmp_path: Path) -> None:
     run = await cli(cli_env(NO_DB, tmp_path), "token", "--sub", "probe")
     assert run.code == 0, run
     claims = jwt.get_unverified_claims(run.out.strip())
-    assert "aud" not in claims, f"zepix-hub token read the caller's HUB_JWT_AUDIENCE: {json.dumps(claims)}"
+    assert claims.get("aud") == "zepix-hub", f"zepix-hub token read the caller's HUB_JWT_AUDIENCE: {json.dumps(claims)}"
