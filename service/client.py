@@ -216,7 +216,8 @@ class HubClient:
     """
 
     def __init__(self, url: str, token: str | Callable[[], str], *, topics: Iterable[str] | None = None,
-                 since: int | None = None, epoch: str | None = None, backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 since: int | None = None, epoch: str | None = None, backoff_base: float = 0.5,
+                 backoff_cap: float = 30.0,
                  max_attempts: int | None = None, stable_after: float = 5.0, open_timeout: float = 10.0,
                  ping_interval: float | None = 20.0, close_timeout: float = 2.0,
                  max_frame_bytes: int = 16 * 1024 * 1024) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from .errors import ResumeGone
+from .errors import DatabaseSetupError, ResumeGone
 from .topics import PERSISTED_TOPICS
 
 QUERIES_FILE = Path(__file__).resolve().parent.parent / "sql" / "queries.sql"
@@ -81,7 +81,13 @@ ORDERED_WALK = "SET LOCAL enable_bitmapscan = off"
 READ_TIMEOUT_S = 30.0
 
 
-def _position(row: asyncpg.Record) -> Position:
+NO_EPOCH = ("the event log has no epoch (table event_log_epoch is empty): run sql/ops/fence_after_restore.sql "
+            "as the owner, which gives it one")
+
+
+def _position(row: asyncpg.Record | None) -> Position:
+    if row is None:  # the CROSS JOIN with event_log_epoch found no row
+        raise DatabaseSetupError(NO_EPOCH)
     return Position(head=int(row["head"]), oldest=int(row["oldest"]), floor=int(row["pruned_through"]),
                     epoch=str(row["epoch"]))
 
@@ -140,6 +146,8 @@ class EventStore:
         the log's epoch and all topics from `since` on, `since` itself included (it proves the log was not
         replaced under the listener), from one snapshot. No floor check: the listener is at the head."""
         rows = await conn.fetch(Q["events_live"], since - 1, limit, timeout=READ_TIMEOUT_S)
+        if not rows:
+            raise DatabaseSetupError(NO_EPOCH)
         return str(rows[0]["epoch"]), [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows
                                        if r["seq"] is not None]
 

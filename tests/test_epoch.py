@@ -12,6 +12,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from service import migrate
 from service.client import Connected, HubClient, Reconnecting, Resumed
 from service.errors import ResumeGone
 from service.store import EventStore
@@ -300,3 +301,30 @@ async def test_tail_refuses_a_malformed_epoch_and_one_without_since(tmp_path: Pa
     )
     assert_usage_error(bad, "epoch must be the log's epoch")
     assert_usage_error(lone, "epoch goes with since")
+
+
+async def test_serve_without_auto_migration_refuses_a_database_before_the_epoch(pg: PgServer,
+                                                                                tmp_path: Path) -> None:
+    """This hub reads event_log_epoch: on a database at 0004 it would fail inside uvicorn's lifespan with a
+    traceback. It says what to do in one line instead."""
+    name = await pg.create_database(prefix="epoch_0004")
+    try:
+        await asyncio.to_thread(migrate.upgrade, pg.dsn(name), "0004")
+        run = await cli(cli_env(pg.dsn(name), tmp_path, HUB_AUTO_MIGRATE="false"), "serve", "--port", "0")
+        assert run.code == 1 and "Traceback" not in run.out + run.err, run
+        assert [line for line in run.err.splitlines() if line.startswith("zepix-hub")] == [
+            "zepix-hub: the database is at migration 0004, this hub needs 0005, and HUB_AUTO_MIGRATE is false: "
+            "run zepix-hub migrate first"], run.err
+    finally:
+        await pg.drop_database(name)
+
+
+async def test_the_fence_replaces_the_epoch_and_gives_one_to_a_log_that_lost_it(db: asyncpg.Connection) -> None:
+    await _logs(db, "line ", 2)
+    before = await _epoch(db)
+    await db.execute(FENCE)
+    fenced = await db.fetch("SELECT epoch::text AS epoch, started_at FROM event_log_epoch")
+    assert len(fenced) == 1 and fenced[0]["epoch"] != before
+    await db.execute("DELETE FROM event_log_epoch")
+    await db.execute(FENCE)
+    assert len(await db.fetch("SELECT 1 FROM event_log_epoch")) == 1 and await _epoch(db) != fenced[0]["epoch"]
