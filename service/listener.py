@@ -152,7 +152,7 @@ class Listener:
             epoch, rows = await self._store.read_live(conn, self.last_seq, page + 1)
             if self.epoch is None:
                 self.epoch = epoch
-            elif epoch != self.epoch:
+            elif epoch is not None and epoch != self.epoch:
                 await self._reset(conn, f"the log's epoch changed from {self.epoch} to {epoch}")
                 continue
             if self.last_seq and not self._still_ours(rows) and await self._rewound(conn, rows):

@@ -141,15 +141,18 @@ class EventStore:
         return _position(await conn.fetchrow(Q["log_position"], timeout=READ_TIMEOUT_S))
 
     @staticmethod
-    async def read_live(conn: asyncpg.Connection, since: int, limit: int) -> tuple[str, list[StoredEvent]]:
+    async def read_live(conn: asyncpg.Connection, since: int,
+                        limit: int) -> tuple[str | None, list[StoredEvent]]:
         """The listener's read, on its own connection (one round trip, no pool hand-over on the live path):
         the log's epoch and all topics from `since` on, `since` itself included (it proves the log was not
-        replaced under the listener), from one snapshot. No floor check: the listener is at the head."""
+        replaced under the listener), from one snapshot. The epoch is None when no event came back (there
+        is then nothing to dispatch from this read). No floor check: the listener is at the head."""
         rows = await conn.fetch(Q["events_live"], since - 1, limit, timeout=READ_TIMEOUT_S)
         if not rows:
+            return None, []
+        if rows[0]["epoch"] is None:
             raise DatabaseSetupError(NO_EPOCH)
-        return str(rows[0]["epoch"]), [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows
-                                       if r["seq"] is not None]
+        return str(rows[0]["epoch"]), [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
 
     async def iter_after(self, since: int, topics: Iterable[str] | None, page: int,
                          until: int | None = None, epoch: str | None = None) -> AsyncIterator[StoredEvent]:

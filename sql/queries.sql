@@ -10,19 +10,16 @@ SELECT s.head, s.oldest, s.pruned_through, e.epoch::text AS epoch
   FROM event_log_status AS s CROSS JOIN event_log_epoch AS e;
 
 -- name: events_live
--- The listener's read: the log's epoch and the events after seq $1 (at most
--- $2), in one statement, so the events are known to belong to that epoch. One
--- row with NULL seq when there is no event: the epoch still comes back.
-SELECT e.epoch::text AS epoch, ev.seq, ev.topic, ev.frame
-  FROM event_log_epoch AS e
-  LEFT JOIN LATERAL (
-        SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
-          FROM events
-         WHERE seq > $1
-         ORDER BY seq
-         LIMIT $2
-       ) AS ev ON true
- ORDER BY ev.seq;
+-- The listener's read: events_after plus the log's epoch, in one statement,
+-- so the events are known to belong to that epoch. The epoch is an
+-- uncorrelated subquery, evaluated once (an InitPlan); no rows, no epoch,
+-- and nothing to dispatch either.
+SELECT (SELECT epoch::text FROM event_log_epoch) AS epoch,
+       seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
+  FROM events
+ WHERE seq > $1
+ ORDER BY seq
+ LIMIT $2;
 
 -- name: events_after
 -- Events after seq $1, in seq order, at most $2, rendered as client frames.
