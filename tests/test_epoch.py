@@ -255,6 +255,43 @@ async def test_resume_while_the_listener_is_away_is_checked_against_the_log_it_r
     assert hub.hub.listener.epoch == new
 
 
+async def test_a_client_replayed_past_the_listener_is_closed_4410_when_that_log_is_fenced(
+        hub: RunningHub, pg: PgServer, db: asyncpg.Connection) -> None:
+    """While the listener is away at seq 6, a client is replayed 7-10 from the pool; then the log is restored
+    to seq 8 and fenced (a new epoch). The client holds seqs of a log that is gone: when the listener is back
+    it must be closed 4410, and get none of the events that now reuse 9 and 10."""
+    token = hub.token()
+    async with await connect(f"{hub.ws}?token={token}&topics=log_stream") as live:
+        await recv_json(live)
+        await _logs(db, "old ", 6)
+        assert [(await recv_until(live, _is_event_with_seq))["seq"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+    old = await _epoch(db)
+    async with listener_cut_off(pg.admin_dsn, db):
+        await _logs(db, "lost ", 4)
+        ahead = await connect(f"{hub.ws}?token={token}&topics=log_stream,notification&since=6&epoch={old}")
+        try:
+            await recv_json(ahead)
+            got = [(await recv_until(ahead, _is_event_with_seq))["seq"] for _ in range(4)]
+            assert got == [7, 8, 9, 10]
+            replayed = await recv_until(ahead, lambda f: f["type"] == "replayed")
+            assert (replayed["recovered"], replayed["epoch"]) == (True, old)
+            await db.execute("DELETE FROM events WHERE seq > 8; SELECT setval('events_seq', 8)")
+            await _logs(db, "reused ", 2)
+            await db.execute(FENCE)
+        except BaseException:
+            await ahead.close()
+            raise
+    try:
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                frame = await recv_json(ahead, 30)
+                assert not _is_event_with_seq(frame), f"a client of the fenced log got {frame}"
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4410
+    finally:
+        await ahead.close()
+    assert hub.hub.listener.epoch == await _epoch(db) != old
+
+
 async def test_hub_client_keeps_the_epoch_and_resumes_with_it(hub: RunningHub, db: asyncpg.Connection) -> None:
     epoch = await _epoch(db)
     async with HubClient(hub.http, hub.token(), topics=["log_stream"], backoff_base=0.05) as client:
