@@ -100,9 +100,9 @@ async def replay(
     since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with seq > since")],
     topics: Annotated[str | None, Query(max_length=200, description="Comma-separated topics")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-    epoch: Annotated[str | None, Query(
-        description="The epoch that goes with since (from a snapshot, a page, welcome or "
-                                    "replayed); another log's epoch is answered 410. Omit only if unknown.")] = None,
+    epoch: Annotated[str | None, Query(description=(
+        "The epoch that goes with since (from a snapshot, a page, welcome or replayed); another log's epoch "
+        "is answered 410. Without it since is taken at its word (clients before epochs)."))] = None,
 ) -> Response:
     """Events after `since`, in seq order, shaped like the live frames, with the log's `epoch`."""
     try:
