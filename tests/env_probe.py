@@ -2,7 +2,8 @@
 
 Not named test_*.py, so the normal suite does not collect it. Each test starts a hub the way the suite does
 and shows, from outside, that the poison did not reach it: a client may send three pings in a row (the poison
-allows one message in a thousand seconds), and a token minted by the CLI carries the default audience, not the poisoned one.
+allows one message in a thousand seconds), and a token minted by the CLI carries the default audience, not
+the poisoned one.
 """
 
 from __future__ import annotations
