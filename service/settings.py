@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(default=20.0, gt=0, le=86_400)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0, le=86_400)
 
+    # The front door: what one stranger or one token can hold, per process.
+    max_connections_per_subject: int = Field(default=100, ge=1, le=10**6)
+
     listener_poll_s: float = Field(default=1.0, gt=0, le=86_400)
     listener_health_s: float = Field(default=5.0, gt=0, le=86_400)
     reconnect_max_s: float = Field(default=5.0, gt=0, le=86_400)
