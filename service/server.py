@@ -23,6 +23,7 @@ import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
 
 from .app import hub_of
+from .front_door import FrontDoorLimits, GuardedHttpToolsProtocol
 from .logconfig import logging_config
 from .settings import Settings
 
@@ -35,10 +36,26 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 
 
+class HubConfig(uvicorn.Config):
+    """uvicorn's Config plus the front-door limits, which GuardedHttpToolsProtocol reads from it.
+
+    The limits travel with the config (it is pickled to `--workers` processes), not in a global.
+    """
+
+    def __init__(self, app: Any, *, front_door: FrontDoorLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.front_door = front_door
+
+
 def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, port: int | None = None,
                    **kwargs: Any) -> uvicorn.Config:
-    return uvicorn.Config(
+    return HubConfig(
         app,
+        front_door=FrontDoorLimits(max_connections=settings.max_connections,
+                                   max_header_bytes=settings.max_header_bytes,
+                                   header_timeout_s=settings.header_timeout_s),
+        # httptools, as uvicorn[standard] would pick, with the limits uvicorn lacks (service/front_door.py).
+        http=GuardedHttpToolsProtocol,
         host=host or settings.host,
         port=settings.port if port is None else port,
         ws="websockets-sansio",
