@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -424,3 +425,111 @@ async def test_a_huge_head_behind_a_small_pipelined_request_is_still_cut(hub: Ru
                           "the refusal to be counted")
     finally:
         writer.transport.abort()
+
+
+# -- item 11: the OpenAPI document says exactly what the HTTP API takes ---------------------------------------
+
+
+def _fuzz(base: str, token: str, mode: str, examples: int) -> tuple[dict[str, list[str]], dict[str, set[int]]]:
+    """Drive every operation of the hub's /openapi.json with schemathesis-generated requests (blocking).
+
+    Returns, per operation, the requests whose answer broke the rule of `mode` (positive, schema-valid
+    requests never get a 5xx or a 422; negative, schema-invalid ones get a 4xx), and the statuses seen.
+    """
+    import schemathesis
+    from schemathesis.generation import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    generation = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE
+    problems: dict[str, list[str]] = {}
+    tried: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        label = operation.label
+        if mode == "negative" and not operation.query:
+            continue  # nothing to get wrong in a request without parameters
+        problems[label] = []
+        tried[label] = set()
+        _fuzz_one(operation.as_strategy(generation_mode=generation), base, token, mode, examples,
+                  problems[label], tried, label)
+    return {label: bad for label, bad in problems.items() if bad}, tried
+
+
+def _fuzz_one(strategy: Any, base: str, token: str, mode: str, examples: int, bad: list[str],
+              tried: dict[str, set[int]], label: str) -> None:
+    from hypothesis import HealthCheck, Phase, given
+    from hypothesis import settings as hsettings
+
+    @hsettings(max_examples=examples, derandomize=True, database=None, deadline=None,
+               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def check(case: Any) -> None:
+        meta = case.meta
+        negated = {loc.name for loc, info in meta.components.items() if info.mode.is_negative} if meta else set()
+        # A valid token, unless the fuzzer's point is a wrong Authorization header (then 401 is the answer).
+        auth = None if "HEADER" in negated else {"Authorization": f"Bearer {token}"}
+        response = case.call(base_url=base, headers=auth, timeout=10)
+        status = response.status_code
+        tried[label].add(status)
+        wrong = (status >= 500 or status == 422) if mode == "positive" else not 400 <= status < 500
+        if wrong:
+            bad.append(f"{status} for query {case.query!r}, headers {case.headers!r} (negated: {sorted(negated)}): "
+                       f"{response.text[:100]}")
+
+    check()
+
+
+async def test_requests_valid_under_the_openapi_document_are_never_refused_as_malformed(
+        dsn: str, db: asyncpg.Connection, tmp_path: Any) -> None:
+    await db.execute("INSERT INTO logs (level, msg) SELECT 'INFO', 'line ' || g FROM generate_series(1, 5) AS g")
+    hub = HubProcess(dsn, tmp_path / "hub.log", HUB_LOG_LEVEL="WARNING").start()
+    try:
+        token = mint(hub_settings(dsn), SECRET, subject="fuzzer", ttl_s=600)
+        problems, seen = await asyncio.to_thread(_fuzz, hub.http, token, "positive", 100)
+        assert problems == {}
+        # The fuzzer got through to the data, not only to refusals.
+        assert {"GET /api/events", "GET /api/snapshot", "GET /healthz", "GET /metrics"} <= set(seen)
+        assert 200 in seen["GET /api/events"] and 200 in seen["GET /api/snapshot"], seen
+        # The control: the same fuzzer's schema-invalid requests are refused as the client's mistake.
+        problems, seen = await asyncio.to_thread(_fuzz, hub.http, token, "negative", 50)
+        assert problems == {}
+        assert 422 in seen["GET /api/events"] and 401 in seen["GET /api/events"], seen
+    finally:
+        hub.kill()
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"since": "+5"}, "ASCII digits"),
+    ({"since": " 5"}, "ASCII digits"),
+    ({"since": "5.0"}, "ASCII digits"),
+    ({"since": "\u0665"}, "ASCII digits"),  # ARABIC-INDIC DIGIT FIVE: int() would read it as 5
+    ({"since": "-1"}, "greater than or equal"),
+    ({"since": "0", "limit": "+5"}, "ASCII digits"),
+    ({"since": "0", "topics": "log_stream, trade_update"}, "without spaces"),
+    ({"since": "0", "topics": "log_stream,"}, "without spaces"),
+    ({"since": "0", "topics": "log_stream\n"}, "without spaces"),
+])
+async def test_what_the_openapi_document_forbids_is_refused_with_a_reason(
+        hub: RunningHub, params: dict[str, str], needle: str) -> None:
+    async with httpx.AsyncClient(base_url=hub.http, headers={"Authorization": f"Bearer {hub.token()}"}) as http:
+        r = await http.get("/api/events", params=params)
+    assert r.status_code == 422 and needle in r.text, r.text
+
+
+async def test_the_openapi_document_states_the_parameter_rules(hub: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=hub.http, timeout=10) as http:
+        spec = (await http.get("/openapi.json")).json()
+    events = spec["paths"]["/api/events"]["get"]
+    params = {p["name"]: p["schema"] for p in events["parameters"]}
+    since = params["since"]
+    assert (since["type"], since["minimum"], since["maximum"]) == ("integer", 0, 2**63 - 1)
+    assert (params["limit"]["minimum"], params["limit"]["maximum"]) == (1, 1000)
+    topics = next(s for s in params["topics"]["anyOf"] if s.get("type") == "string")
+    pattern = params["topics"].get("pattern") or topics["pattern"]  # beside anyOf it applies to the string
+    assert topics["maxLength"] == 200
+    for value, valid in (("log_stream", True), ("log_stream,trade_update", True), ("log_stream, trade_update", False),
+                         ("log_stream,", False), ("weather", False), ("", False)):
+        assert bool(re.fullmatch(pattern.strip("^$"), value)) is valid, value
+    assert "authorization" not in {p["name"].lower() for p in events["parameters"]}
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert events["security"] == [{"HTTPBearer": []}]
