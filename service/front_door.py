@@ -14,7 +14,10 @@ upgrades), so idle sockets are never counted. Hence this protocol:
   more than the limit plus one slice;
 - a complete request head within `header_timeout_s` of connecting or of the
   previous response: otherwise the connection is closed. This covers idle
-  sockets, slowloris heads and bodies dribbled after the response.
+  sockets, slowloris heads and bodies dribbled after the response;
+- a response write that stays above the transport's high-water mark for
+  `send_timeout_s` (a client that does not read what it asked for): the
+  connection is reset. uvicorn would wait for the drain forever.
 
 Once a WebSocket is open none of this applies: the ping timeout, the send
 timeout and the per-subject cap do. docs/adr/0006-front-door-limits.md says why.
@@ -41,6 +44,7 @@ class FrontDoorLimits:
     max_connections: int = 4096
     max_header_bytes: int = 32 * 1024
     header_timeout_s: float = 10.0
+    send_timeout_s: float = 2.0
 
 
 def _fixed_response(status: str, text: str, *extra: str) -> bytes:
@@ -70,6 +74,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # the limit plus one slice, whatever size the socket read was.
         self._slice = max(1024, self.limits.max_header_bytes // 4)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._awaiting_head = True
         self._head_bytes = 0
         self._refused = False
@@ -86,6 +91,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_stall_timer()
         if self._refused:
             return
         super().connection_lost(exc)
@@ -128,6 +134,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._upgraded = True
         self._cancel_head_timer()
         super().handle_websocket_upgrade()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(self.limits.send_timeout_s, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self._cancel_stall_timer()
+        super().resume_writing()
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _write_stalled(self) -> None:
+        self._stall_timer = None
+        if self._upgraded:
+            return  # the WebSocket protocol owns the transport now, and its own send timeout (ADR 0002)
+        self._count("write_stalled")
+        # Reset, not close: a close would wait for the buffer this client does not read.
+        self.transport.abort()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()

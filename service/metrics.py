@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .frames import LABELLED_CLOSE_CODES
 
-#: Why a connection was turned away before it became a client (see docs/protocol.md, "Refusals").
-REFUSAL_REASONS = ("subject_limit", "connection_limit", "header_too_large", "header_timeout")
+#: Why a connection was turned away (or, write_stalled, dropped) at the front door: docs/protocol.md, "Refusals".
+REFUSAL_REASONS = ("subject_limit", "connection_limit", "header_too_large", "header_timeout", "write_stalled")
 
 
 class Metrics:

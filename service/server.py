@@ -53,7 +53,8 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
         app,
         front_door=FrontDoorLimits(max_connections=settings.max_connections,
                                    max_header_bytes=settings.max_header_bytes,
-                                   header_timeout_s=settings.header_timeout_s),
+                                   header_timeout_s=settings.header_timeout_s,
+                                   send_timeout_s=settings.send_timeout_s),
         # httptools, as uvicorn[standard] would pick, with the limits uvicorn lacks (service/front_door.py).
         http=GuardedHttpToolsProtocol,
         host=host or settings.host,

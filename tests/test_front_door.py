@@ -533,3 +533,26 @@ async def test_the_openapi_document_states_the_parameter_rules(hub: RunningHub) 
     assert "authorization" not in {p["name"].lower() for p in events["parameters"]}
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert events["security"] == [{"HTTPBearer": []}]
+
+
+async def test_a_client_that_never_reads_its_responses_is_dropped(dsn: str) -> None:
+    """Pipelined requests whose answers are never read: uvicorn would wait for the drain forever, holding the
+    connection (and a slot under HUB_MAX_CONNECTIONS). A write stalled for HUB_SEND_TIMEOUT_S drops it."""
+    async with running_hub(dsn, send_timeout_s=0.5) as hub:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        n = 2000
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", hub.port))
+            await asyncio.get_running_loop().sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+            await asyncio.sleep(0.5 + 3)  # the send timeout, plus a margin for a busy machine
+            received = b""
+            with contextlib.suppress(OSError):  # a reset: the hub dropped it
+                while chunk := await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 65536), 30):
+                    received += chunk
+            # Had the hub waited, reading now would fetch every answer.
+            assert received.count(b"HTTP/1.1 200 ") < n
+            assert _sample(hub, "zepix_hub_refused_total", reason="write_stalled") == 1
+        finally:
+            sock.close()
