@@ -47,6 +47,37 @@ class FrontDoorLimits:
     send_timeout_s: float = 2.0
 
 
+#: Descriptors beyond the connections: the database pool and listener, logs, the embedded server's pipes.
+SPARE_FILES = 100
+
+
+def fit_open_file_limit(max_connections: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE towards its hard limit so `max_connections` sockets fit.
+
+    A soft limit of 1024 (systemd's default) would otherwise make accept() fail with EMFILE long before the
+    connection limit, and the hub could not open a database connection either. Warns when the hard limit is
+    too low; never lowers a limit.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + SPARE_FILES
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+            return
+    if target < wanted:
+        log.warning("the open-file limit (hard %d) is below HUB_MAX_CONNECTIONS (%d) + %d: raise it "
+                    "(LimitNOFILE=, ulimit -n) or lower HUB_MAX_CONNECTIONS", hard, max_connections, SPARE_FILES)
+
+
 def _fixed_response(status: str, text: str, *extra: str) -> bytes:
     body = text.encode()
     head = [f"HTTP/1.1 {status}", "content-type: text/plain; charset=utf-8", f"content-length: {len(body)}",

@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
 
 from .app import hub_of
-from .front_door import FrontDoorLimits, GuardedHttpToolsProtocol
+from .front_door import FrontDoorLimits, GuardedHttpToolsProtocol, fit_open_file_limit
 from .logconfig import logging_config
 from .settings import Settings
 
@@ -74,6 +74,12 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
 
 
 class HubServer(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        front_door = getattr(self.config, "front_door", None)
+        if isinstance(front_door, FrontDoorLimits):
+            fit_open_file_limit(front_door.max_connections)
+        await super().startup(sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first: a client told 1001 reconnects within a second and must land on another
         # process (or wait for the restart), not on this one, whose uvicorn would then close it 1012.

@@ -556,3 +556,24 @@ async def test_a_client_that_never_reads_its_responses_is_dropped(dsn: str) -> N
             assert _sample(hub, "zepix_hub_refused_total", reason="write_stalled") == 1
         finally:
             sock.close()
+
+
+async def test_the_hub_raises_its_open_file_limit_to_fit_max_connections(dsn: str, tmp_path: Any) -> None:
+    """Under a soft `ulimit -n` of 512 (systemd's default soft limit is 1024), 2,000 connections would end in
+    EMFILE long before HUB_MAX_CONNECTIONS: the hub raises its soft limit towards the hard one at start."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2200:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # inherited by the hub process started now
+    try:
+        hub = HubProcess(dsn, tmp_path / "hub.log", HUB_MAX_CONNECTIONS="2000").start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert hub.proc is not None
+        hub_soft, _ = psutil.Process(hub.proc.pid).rlimit(psutil.RLIMIT_NOFILE)
+        assert hub_soft >= 2000 + 100
+    finally:
+        hub.kill()
