@@ -577,3 +577,19 @@ async def test_the_hub_raises_its_open_file_limit_to_fit_max_connections(dsn: st
         assert hub_soft >= 2000 + 100
     finally:
         hub.kill()
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"max_header_bytes": 5000}, "HUB_MAX_HEADER_BYTES (5000) must be at least HUB_MAX_TOKEN_BYTES (4096) + 2048"),
+    ({"max_header_bytes": 100}, "max_header_bytes: Input should be greater than or equal to 4096"),
+    ({"header_timeout_s": float("nan")}, "header_timeout_s: Input should be a finite number"),
+    ({"max_connections": 0}, "max_connections: Input should be greater than or equal to 1"),
+    ({"max_connections_per_subject": 0}, "max_connections_per_subject: Input should be greater than or equal to 1"),
+])
+def test_front_door_settings_out_of_range_are_one_clear_line(overrides: dict[str, Any], needle: str) -> None:
+    from service.errors import ConfigError
+    from service.settings import load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(database_url="postgresql://hub@localhost/hub", jwt_secret=SECRET, **overrides)
+    assert needle in str(info.value) and "\n" not in str(info.value)
