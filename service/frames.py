@@ -40,13 +40,13 @@ CLOSE_TOO_SLOW = 4008  # the client fell behind: reconnect with since=<last seq>
 CLOSE_BAD_REQUEST = 4400  # bad query parameters at connect (topics, since)
 CLOSE_LOG_RESET = 4410  # the event log was restored to an earlier point: reload from a snapshot
 #: What uvicorn reports for a client that closed without a code (1005) or vanished without a close (1006).
-CLOSE_NO_STATUS = 1005
-CLOSE_ABNORMAL = 1006
+PEER_NO_STATUS = 1005
+PEER_ABNORMAL = 1006
 
 #: The close codes that get their own metric label; any other code (a client may send any of 1000-4999)
 #: is counted as "other", so a client cannot mint thousands of time series.
 LABELLED_CLOSE_CODES: frozenset[int] = frozenset({
-    CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_NO_STATUS, CLOSE_ABNORMAL, CLOSE_POLICY, CLOSE_TOO_BIG,
+    CLOSE_NORMAL, CLOSE_GOING_AWAY, PEER_NO_STATUS, PEER_ABNORMAL, CLOSE_POLICY, CLOSE_TOO_BIG,
     CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_TOO_SLOW,
     CLOSE_BAD_REQUEST, CLOSE_LOG_RESET,
 })
