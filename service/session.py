@@ -119,7 +119,7 @@ class Session:
         except RuntimeError as exc:  # Starlette: a send or receive after the socket closed
             log.debug("session ended: %s", exc)
         finally:
-            if self._slot is not None:
+            if self._slot is not None:  # first, before any await: a cancellation below must not leak it
                 self.hub.subject_slots.give_back(self._slot)
                 self._slot = None
             if self._expiry is not None:
