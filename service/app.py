@@ -34,6 +34,7 @@ from .database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
 from .durations import parse_duration
 from .frames import CLOSE_GOING_AWAY, CLOSE_LOG_RESET, Frame, live_event
 from .heartbeat import Heartbeat
+from .limits import SubjectSlots
 from .listener import Listener
 from .metrics import Metrics
 from .settings import Settings, load_settings
@@ -68,6 +69,7 @@ class Hub:
         self.metrics = Metrics()
         self.store = EventStore(pool)
         self.manager = ConnectionManager(settings)
+        self.subject_slots = SubjectSlots(settings.max_connections_per_subject)
         self.listener = Listener(dsn, self.store, settings, dispatch=self.dispatch, on_state=self._listener_state,
                                  on_reset=self._log_reset)
         self.heartbeat = Heartbeat(settings.heartbeat_s, broadcast=self.manager.broadcast, extras=self._extras)

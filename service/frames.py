@@ -47,12 +47,23 @@ CLOSE_GOING_AWAY = 1001  # hub shutting down: reconnect (elsewhere) and resume w
 CLOSE_POLICY = 1008  # rate limit exceeded
 CLOSE_TOO_BIG = 1009  # client frame over the size limit
 CLOSE_INTERNAL_ERROR = 1011  # a bug in the hub's sender for this client: reconnect with since=<last seq>
-CLOSE_TRY_AGAIN = 1013  # database unavailable during a resume: retry with the since in the reason
+CLOSE_TRY_AGAIN = 1013  # database unavailable during a resume, or too many connections for the token's subject
 CLOSE_UNAUTHORIZED = 4001  # token missing, invalid or expired: get a new token
 CLOSE_FORBIDDEN = 4003  # origin not allowed, or topics the token does not allow
 CLOSE_TOO_SLOW = 4008  # the client fell behind: reconnect with since=<last seq>
 CLOSE_BAD_REQUEST = 4400  # bad query parameters at connect (topics, since)
 CLOSE_LOG_RESET = 4410  # the event log was restored to an earlier point: reload from a snapshot
+#: What uvicorn reports for a client that closed without a code (1005) or vanished without a close (1006).
+PEER_NO_STATUS = 1005
+PEER_ABNORMAL = 1006
+
+#: The close codes that get their own metric label; any other code (a client may send any of 1000-4999)
+#: is counted as "other", so a client cannot mint thousands of time series.
+LABELLED_CLOSE_CODES: frozenset[int] = frozenset({
+    CLOSE_NORMAL, CLOSE_GOING_AWAY, PEER_NO_STATUS, PEER_ABNORMAL, CLOSE_POLICY, CLOSE_TOO_BIG,
+    CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_TOO_SLOW,
+    CLOSE_BAD_REQUEST, CLOSE_LOG_RESET,
+})
 
 
 @dataclass(frozen=True, slots=True)

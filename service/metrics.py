@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .frames import LABELLED_CLOSE_CODES
+
+#: Why a connection was turned away (or, write_stalled, dropped) at the front door: docs/protocol.md, "Refusals".
+REFUSAL_REASONS = ("subject_limit", "connection_limit", "header_too_large", "header_timeout", "write_stalled")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -25,7 +30,13 @@ class Metrics:
                                   registry=r)
         self.listener_up = Gauge("zepix_hub_listener_up", "1 while the LISTEN connection is up", registry=r)
         self.reconnects = Counter("zepix_hub_listener_reconnects_total", "Listener reconnects", registry=r)
-        self.disconnects = Counter("zepix_hub_disconnects_total", "Closes by close code", ["code"], registry=r)
+        self.disconnects = Counter("zepix_hub_disconnects_total",
+                                   "Closes by close code (codes the protocol does not define: other)", ["code"],
+                                   registry=r)
+        self.refused = Counter("zepix_hub_refused_total", "Connections turned away, by reason", ["reason"],
+                               registry=r)
+        for reason in REFUSAL_REASONS:  # present from the first scrape, so rate() sees the first refusal
+            self.refused.labels(reason=reason)
         self.resumes = Counter("zepix_hub_resumes_total", "Resumes by outcome", ["recovered"], registry=r)
         self.replayed = Counter("zepix_hub_replayed_events_total", "Events sent by resume replays", registry=r)
         self.queue_peak = Gauge("zepix_hub_queue_depth_peak", "Highest client queue depth seen", registry=r)
@@ -39,12 +50,15 @@ class Metrics:
         self.notify_queue = Gauge("zepix_hub_notify_queue_usage", "pg_notification_queue_usage()", registry=r)
 
     def closed(self, code: int) -> None:
-        self.disconnects.labels(code=str(code)).inc()
+        self.disconnects.labels(code=close_label(code)).inc()
 
-    def closes(self, code: int) -> int:
-        """How many connections closed with `code` so far (the hub's own code, else the client's)."""
+    def closes(self, code: int | str) -> int:
+        """How many connections closed with `code` ("other" for the rest) so far: the hub's code, else the client's."""
         value = self.registry.get_sample_value("zepix_hub_disconnects_total", {"code": str(code)})
         return int(value or 0)
+
+    def refusal(self, reason: str) -> None:
+        self.refused.labels(reason=reason).inc()
 
     def resumed(self, recovered: bool, count: int) -> None:
         self.resumes.labels(recovered=str(recovered).lower()).inc()
@@ -52,3 +66,7 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def close_label(code: int) -> str:
+    return str(code) if code in LABELLED_CLOSE_CODES else "other"

@@ -8,18 +8,20 @@ longer retained or an `epoch` that is not the log's, 422 for malformed parameter
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, BeforeValidator, Field
 
 from .app import STATIC_DIR, Hub
 from .auth import Principal
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
 from .frames import MAX_SEQ, parse_epoch
 from .session import Session
-from .topics import LOG_STREAM, PERSISTED_TOPICS, SYS_STATUS, TRADE_UPDATE, parse_topics
+from .topics import ALL_TOPICS, LOG_STREAM, PERSISTED_TOPICS, SYS_STATUS, TRADE_UPDATE, parse_topics
 
 router = APIRouter()
 ASYNCAPI_FILE = STATIC_DIR.parent / "asyncapi.json"
@@ -73,12 +75,18 @@ def get_hub(request: Request) -> Hub:
 HubDep = Annotated[Hub, Depends(get_hub)]
 
 
-def principal(hub: HubDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    if not authorization or authorization[:7].lower() != "bearer ":
+# A security scheme, not a header parameter: /openapi.json then says what the header holds, and a schema-driven
+# client sends a token instead of inventing header values.
+bearer = HTTPBearer(auto_error=False, bearerFormat="JWT", description="A JWT signed with the hub's key (README)")
+
+
+def principal(hub: HubDep,
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> Principal:
+    if credentials is None:
         raise HTTPException(401, "missing bearer token (Authorization: Bearer <JWT>)",
                             headers={"WWW-Authenticate": "Bearer"})
     try:
-        return hub.verifier.verify(authorization[7:].strip())
+        return hub.verifier.verify(credentials.credentials.strip())
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 
@@ -91,16 +99,40 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _digits_only(value: object) -> object:
+    """A number in a URL is ASCII digits, as `since` on /ws/live: not '+5', ' 5', '5.0' or '٥'.
+
+    A leading '-' passes on to the range check, whose message ("greater than or equal to 0") says more.
+    """
+    if isinstance(value, str):
+        digits = value[1:] if value.startswith("-") else value
+        if not (digits.isascii() and digits.isdigit()):
+            raise ValueError("must be an integer written in ASCII digits")
+    return value
+
+
+Digits = BeforeValidator(_digits_only)
+_TOPIC = "|".join(sorted(ALL_TOPICS))
+#: The `topics` parameter /openapi.json promises and the route enforces: known names, comma-separated, no
+#: spaces or empty items. parse_topics checks first, for its clearer messages; it is more lenient (it strips).
+TOPICS_PATTERN = f"^(?:{_TOPIC})(?:,(?:{_TOPIC}))*$"
+_TOPICS_FORM = re.compile(TOPICS_PATTERN.rstrip("$") + r"\Z")
+#: The `epoch` /openapi.json promises; parse_epoch enforces the same (a UUID in its 36-character form, any case).
+EPOCH_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+
+
 @router.get("/api/events", response_model=EventsPage,
             responses={**AUTH_ERRORS, 410: {"model": GoneBody, "description": (
                 "since is no longer retained, or epoch is not the log's: reload from /api/snapshot")}})
 async def replay(
     hub: HubDep,
     who: PrincipalDep,
-    since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with seq > since")],
-    topics: Annotated[str | None, Query(max_length=200, description="Comma-separated topics")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-    epoch: Annotated[str | None, Query(description=(
+    since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with seq > since"), Digits],
+    topics: Annotated[str | None, Query(max_length=200, json_schema_extra={"pattern": TOPICS_PATTERN},
+                                        description="Comma-separated topics (default: every persisted "
+                                                    "topic the token allows)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many events"), Digits] = 500,
+    epoch: Annotated[str | None, Query(json_schema_extra={"pattern": EPOCH_PATTERN}, description=(
         "The epoch that goes with since (from a snapshot, a page, welcome or replayed); another log's epoch "
         "is answered 410. Without it since is taken at its word (clients before epochs)."))] = None,
 ) -> Response:
@@ -111,6 +143,8 @@ async def replay(
         raise HTTPException(422, str(exc)) from None
     try:
         wanted = parse_topics(topics) if topics is not None else who.topics & PERSISTED_TOPICS
+        if topics is not None and not _TOPICS_FORM.match(topics):
+            raise UnknownTopicError("topics must be topic names separated by commas, without spaces or empty items")
         who.check_topics(wanted)
     except UnknownTopicError as exc:
         raise HTTPException(422, str(exc)) from None

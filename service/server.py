@@ -23,6 +23,7 @@ import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
 
 from .app import hub_of
+from .front_door import FrontDoorLimits, GuardedHttpToolsProtocol, fit_open_file_limit
 from .logconfig import logging_config
 from .settings import Settings
 
@@ -35,10 +36,27 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 
 
+class HubConfig(uvicorn.Config):
+    """uvicorn's Config plus the front-door limits, which GuardedHttpToolsProtocol reads from it.
+
+    The limits travel with the config (it is pickled to `--workers` processes), not in a global.
+    """
+
+    def __init__(self, app: Any, *, front_door: FrontDoorLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.front_door = front_door
+
+
 def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, port: int | None = None,
                    **kwargs: Any) -> uvicorn.Config:
-    return uvicorn.Config(
+    return HubConfig(
         app,
+        front_door=FrontDoorLimits(max_connections=settings.max_connections,
+                                   max_header_bytes=settings.max_header_bytes,
+                                   header_timeout_s=settings.header_timeout_s,
+                                   send_timeout_s=settings.send_timeout_s),
+        # httptools, as uvicorn[standard] would pick, with the limits uvicorn lacks (service/front_door.py).
+        http=GuardedHttpToolsProtocol,
         host=host or settings.host,
         port=settings.port if port is None else port,
         ws="websockets-sansio",
@@ -56,6 +74,12 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
 
 
 class HubServer(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        front_door = getattr(self.config, "front_door", None)
+        if isinstance(front_door, FrontDoorLimits):
+            fit_open_file_limit(front_door.max_connections)
+        await super().startup(sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first: a client told 1001 reconnects within a second and must land on another
         # process (or wait for the restart), not on this one, whose uvicorn would then close it 1012.

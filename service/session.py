@@ -108,6 +108,7 @@ class Session:
         self._expiry: asyncio.Task[None] | None = None
         self._limit = _RateLimit(hub.settings.client_rate, hub.settings.client_burst)
         self._peer_code: int | None = None  # the client's close code, when the client closed first
+        self._slot: str | None = None  # the subject whose connection slot this session holds
 
     async def run(self) -> None:
         try:
@@ -120,6 +121,9 @@ class Session:
         except RuntimeError as exc:  # Starlette: a send or receive after the socket closed
             log.debug("session ended: %s", exc)
         finally:
+            if self._slot is not None:  # first, before any await: a cancellation below must not leak it
+                self.hub.subject_slots.give_back(self._slot)
+                self._slot = None
             if self._expiry is not None:
                 self._expiry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -174,6 +178,17 @@ class Session:
             except ValueError as exc:
                 return await self._refuse(CLOSE_BAD_REQUEST, "invalid epoch", error("invalid_epoch", str(exc)).text)
 
+        if not hub.subject_slots.take(principal.subject):
+            hub.metrics.refusal("subject_limit")
+            log.warning("refused a connection for sub=%s: it already holds %d (HUB_MAX_CONNECTIONS_PER_SUBJECT)",
+                        principal.subject, hub.subject_slots.cap)
+            return await self._refuse(CLOSE_TRY_AGAIN, "too many connections",
+                                      error("too_many_connections",
+                                            f"this token's subject already holds {hub.subject_slots.cap} "
+                                            "connections; close one or retry later").text)
+        # From here to register() there is no await: the slot and the registration cannot be torn apart,
+        # and run()'s finally gives the slot back on every path after this line.
+        self._slot = principal.subject
         head, log_epoch = hub.listener.last_seq, hub.listener.epoch
         client = Client(
             settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope), direct=direct_of(ws.scope),

@@ -66,6 +66,20 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(default=20.0, gt=0, le=86_400)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0, le=86_400)
 
+    # The front door (docs/adr/0006-front-door-limits.md): what a stranger or one token can hold, per process.
+    max_connections: int = Field(default=4096, ge=1, le=10**6)
+    max_connections_per_subject: int = Field(default=100, ge=1, le=10**6)
+    max_header_bytes: int = Field(default=32 * 1024, ge=4096, le=2**20)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _token_fits_in_a_header(self) -> Settings:
+        # A token travels in the request head (?token=, Authorization or the subprotocol header).
+        if self.max_header_bytes < self.max_token_bytes + 2048:
+            raise ValueError(f"HUB_MAX_HEADER_BYTES ({self.max_header_bytes}) must be at least HUB_MAX_TOKEN_BYTES "
+                             f"({self.max_token_bytes}) + 2048: the token travels in the request head")
+        return self
+
     listener_poll_s: float = Field(default=1.0, gt=0, le=86_400)
     listener_health_s: float = Field(default=5.0, gt=0, le=86_400)
     reconnect_max_s: float = Field(default=5.0, gt=0, le=86_400)

@@ -145,7 +145,9 @@ class Processes:
     async def hub(self, dsn: str, secret: str, extra_env: dict[str, str] | None = None) -> Server:
         log_path = self._log("hub")
         env = _env(HUB_DATABASE_URL=dsn, HUB_JWT_SECRET=secret, HUB_DEV="false", HUB_AUTO_MIGRATE="false",
-                   HUB_LOG_LEVEL="INFO", HUB_RESUME_CAP="1000000", HUB_HOST="127.0.0.1", **(extra_env or {}))
+                   HUB_LOG_LEVEL="INFO", HUB_RESUME_CAP="1000000", HUB_HOST="127.0.0.1",
+                   # The fleet shares one token and opens thousands of sockets: lift the front-door caps.
+                   HUB_MAX_CONNECTIONS="1000000", HUB_MAX_CONNECTIONS_PER_SUBJECT="1000000", **(extra_env or {}))
         argv = ["-m", "service.cli", "serve", "--port", "0"]
         if os.environ.get("HUB_BENCH_UVLOOP_HUB", "").lower() in ("1", "true", "yes"):
             # Experiment: the same hub with uvloop as asyncio's policy (what `serve` gets if it picks uvloop).
