@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
 
 from service.database import mask_dsn
-from tests.hubs import SECRET, HubProcess, RunningHub, connect, hub_settings, recv_json, running_hub
-from tests.test_auth import _claims, _close_of, _without_aud
+from tests.hubs import SECRET, HubProcess, RunningHub, connect, hub_settings, recv_json, refused, running_hub
+from tests.test_auth import _claims, _without_aud
 from tests.test_cli import NO_DB, ROOT, Run, assert_usage_error, cli, cli_env, read_line_until
 
 NO_KEY_LINE = "set HUB_JWT_SECRET (32+ characters) or run `zepix-hub serve --demo` / `--dev`"
@@ -199,7 +199,7 @@ async def test_a_token_without_the_hubs_audience_is_refused(hub: RunningHub) -> 
     }
     async with httpx.AsyncClient(base_url=hub.http) as http:
         for name, token in cases.items():
-            assert await _close_of(f"{hub.ws}?token={token}") == (4001, "wrong token audience"), name
+            assert await refused(f"{hub.ws}?token={token}") == (4001, "wrong token audience"), name
             r = await http.get("/api/snapshot", headers={"Authorization": f"Bearer {token}"})
             assert (r.status_code, r.json()["detail"]) == (401, "wrong token audience"), name
     ok = jwt.encode({**base, "aud": "zepix-hub"}, SECRET, algorithm="HS256")
