@@ -1,0 +1,193 @@
+"""The hub as an operator installs it: a built wheel in a fresh virtual environment, run from an empty directory.
+
+The wheel is built once per run; the new environment gets the test environment's dependencies through a .pth
+file (no index, no download) and the wheel itself with --no-deps, so the whole setup costs a few seconds.
+Nothing of the checkout is importable from there: the test proves it by asking where `service` came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import websockets
+
+from service.embedded import stop_embedded
+from tests.hubs import SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Installed:
+    bin: Path
+    site: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        # Only what the test sets: the runner's HUB_*, DATABASE_URL or PYTHONPATH must not leak in.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("HUB_") and k not in ("DATABASE_URL", "PYTHONPATH", "VIRTUAL_ENV")}
+        env.update(HUB_LOG_LEVEL="WARNING", **extra)
+        return env
+
+    def run(self, cwd: Path, env: dict[str, str], *args: str, within: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.bin / "zepix-hub"), *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=within, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    base = tmp_path_factory.mktemp("install")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+                            str(base / "dist"), str(ROOT)], capture_output=True, text=True, timeout=170)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = (base / "dist").glob("zepix_hub-*.whl")
+
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    # The dependencies, from the test environment: a plain path line (its .pth files, among them the editable
+    # install's finder that would map `service` to the checkout, are not run).
+    (site / "zz_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
+                              "--no-index", "--no-compile", str(wheel)],
+                             capture_output=True, text=True, timeout=120, cwd=base)
+    assert install.returncode == 0, install.stdout + install.stderr
+    return Installed(venv / "bin", site)
+
+
+async def _serve(installed: Installed, cwd: Path, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
+    """Start the installed `zepix-hub serve --port 0`; return it and the URL line it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        str(installed.bin / "zepix-hub"), "serve", "--port", "0", cwd=cwd, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    output = ""
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), max(0.01, deadline - time.monotonic()))).decode()
+        assert line, f"serve ended before it was live:\n{output}"
+        output += line
+        if re.search(r"live|\?token=", line) and "http://" in line:
+            return proc, output + (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+
+
+async def _trade_arrives(ws_base: str, token: str, writer_dsn: str) -> None:
+    """A trade inserted by plain SQL reaches a /ws/live client."""
+    symbol = f"WHL{uuid.uuid4().hex[:6].upper()}"
+    async with websockets.connect(f"{ws_base}ws/live?token={token}&topics=trade_update", open_timeout=10) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "welcome"
+        conn = await asyncpg.connect(writer_dsn)
+        try:
+            await conn.execute("INSERT INTO trades (symbol, side, quantity, entry_price) VALUES ($1, 'BUY', 1, 100)",
+                               symbol)
+        finally:
+            await conn.close()
+        deadline = time.monotonic() + 20
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
+            if frame.get("topic") == "trade_update":
+                assert frame["data"]["trade"]["symbol"] == symbol and isinstance(frame["seq"], int), frame
+                return
+
+
+async def _stop(proc: asyncio.subprocess.Process, sig: int) -> str:
+    assert proc.stdout is not None
+    proc.send_signal(sig)
+    rest = (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
+    assert await asyncio.wait_for(proc.wait(), 30) == 0, rest
+    return rest
+
+
+def _where_service_comes_from(installed: Installed, cwd: Path, env: dict[str, str]) -> Path:
+    found = subprocess.run([str(installed.bin / "python"), "-c", "import service.bundle as b; print(b.root())"],
+                           cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=True)
+    return Path(found.stdout.strip())
+
+
+@pytest.fixture
+def shared_database() -> Iterator[str]:
+    """A uniquely named database on the shared server at 127.0.0.1:5432, dropped afterwards."""
+    name = f"zepix_wheel_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(SHARED, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f"CREATE DATABASE {name}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL server at 127.0.0.1:5432 ({exc})")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def test_the_wheel_migrates_serves_and_passes_doctor_against_a_server(
+        installed: Installed, shared_database: str, tmp_path: Path) -> None:
+    empty = tmp_path / "anywhere"
+    empty.mkdir()
+    env = installed.env(HUB_DATABASE_URL=shared_database, HUB_JWT_SECRET=SECRET, HUB_DEV="false")
+    assert _where_service_comes_from(installed, empty, env).is_relative_to(installed.site)
+
+    migrated = await asyncio.to_thread(installed.run, empty, env, "migrate")
+    assert migrated.returncode == 0 and "migrated to head" in migrated.stdout, migrated
+    env["HUB_AUTO_MIGRATE"] = "false"  # as a deployment runs it: migrate first, then serve
+    proc, printed = await _serve(installed, empty, env)
+    try:
+        base = re.search(r"(http://127\.0\.0\.1:\d+/)", printed)
+        assert base is not None, printed
+        token = (await asyncio.to_thread(installed.run, empty, env, "token", "--sub", "wheel")).stdout.strip()
+        await _trade_arrives(base.group(1).replace("http://", "ws://"), token, shared_database)
+        doctor = await asyncio.to_thread(installed.run, empty, env, "doctor")
+        assert doctor.returncode == 0 and "checks passed" in doctor.stdout, doctor
+        await _stop(proc, signal.SIGTERM)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert sorted(p.name for p in empty.iterdir()) == []  # nothing written where it ran
+
+
+async def test_the_wheel_runs_on_the_embedded_database_from_an_empty_directory(
+        installed: Installed, tmp_path: Path) -> None:
+    empty = tmp_path / "anywhere"
+    empty.mkdir()
+    os.chmod(tmp_path, 0o755)  # as root, the embedded server runs as another user and must reach ./.zepix-hub
+    env = installed.env()  # nothing configured: the README's first command, with the installed wheel
+    data = empty / ".zepix-hub"
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        migrated = await asyncio.to_thread(installed.run, empty, env, "migrate")
+        assert migrated.returncode == 0 and "migrated to head" in migrated.stdout, migrated
+        proc, printed = await _serve(installed, empty, env)
+        found = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", printed)
+        assert found is not None, printed
+        await _trade_arrives(found.group(1).replace("http://", "ws://"), found.group(2),
+                             f"postgresql://postgres@/postgres?host={data / 'pgdata'}")
+        doctor = await asyncio.to_thread(installed.run, empty, env, "doctor")
+        assert doctor.returncode == 0 and "checks passed" in doctor.stdout, doctor
+        await _stop(proc, signal.SIGINT)
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.to_thread(stop_embedded, data)
