@@ -18,16 +18,15 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse
 
 from . import migrate
 from .asgi import TransportAbort
+from .assets import STATIC_DIR, VersionedStaticFiles
 from .auth import Verifier, verification_key
 from .connections import ConnectionManager
 from .database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
@@ -41,22 +40,6 @@ from .store import EventStore, prune
 from .topics import NOTIFICATION
 
 log = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-class RevalidatedStaticFiles(StaticFiles):
-    """The dashboard's assets, revalidated on every load (a 304 when unchanged).
-
-    Without a Cache-Control header browsers cache by heuristic, so after an
-    upgrade a dashboard could run yesterday's app.js against today's hub.
-    """
-
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
-
 
 class Hub:
     """Everything one hub process runs, built and torn down by the lifespan."""
@@ -231,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)
-    app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    app.mount("/static", VersionedStaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.add_middleware(TransportAbort)
     return app
 
