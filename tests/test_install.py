@@ -191,3 +191,40 @@ async def test_the_wheel_runs_on_the_embedded_database_from_an_empty_directory(
             proc.kill()
             await proc.wait()
         await asyncio.to_thread(stop_embedded, data)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_constraints_pin_exactly_what_the_tests_run_with() -> None:
+    """Every distribution zepix-hub[test] pulls in, however indirectly, is pinned in constraints.txt at the
+    version installed here (CI installs with -c constraints.txt; after a dependency change: bash .ci/lock)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, pinned = line.partition("==")
+            assert sep, f"constraints.txt: not an exact pin: {line!r}"
+            pins[_canonical(name)] = pinned.strip()
+    assert "zepix-hub" not in pins  # the project itself is what is being tested, not a dependency
+
+    needed: dict[str, str] = {}
+    todo: list[tuple[str, frozenset[str]]] = [("zepix-hub", frozenset({"test"}))]
+    while todo:
+        name, extras = todo.pop()
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras or {""}):
+                continue
+            key = _canonical(req.name)
+            if key not in needed:
+                needed[key] = metadata.version(req.name)
+                todo.append((req.name, frozenset(req.extras)))
+    unpinned = sorted(set(needed) - set(pins))
+    assert not unpinned, f"not in constraints.txt (run bash .ci/lock): {unpinned}"
+    differ = {k: (pins[k], v) for k, v in needed.items() if pins[k] != v}
+    assert not differ, f"installed versions differ from constraints.txt (pinned, installed): {differ}"
