@@ -57,7 +57,21 @@ class Hub:
         self.oldest_hint = 0
         self.head_hint = 0
         self._queue_peak = 0
+        self._direct_warned = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def note_direct_path(self, problem: str | None) -> None:
+        """Record whether the direct write path (service/uvicorn_internals.py) works; say once why it does not."""
+        self.metrics.direct_path.set(0 if problem else 1)
+        if problem is not None and not self._direct_warned:
+            self._direct_warned = True
+            log.warning("the direct write path is not available, frames take the slower ASGI path: %s "
+                        "(zepix_hub_direct_write_path is 0; see service/uvicorn_internals.py)", problem)
+
+    def direct_fallback(self) -> None:
+        """A WebSocket connection without the direct write path (another server, protocol or uvicorn)."""
+        self.metrics.direct_fallbacks.inc()
+        self.note_direct_path("the server gave this WebSocket connection no direct write path")
 
     def dispatch(self, frame: Frame) -> None:
         """Hand one event to every subscribed client. Called by the listener, in seq order; never awaits."""

@@ -29,6 +29,12 @@ class Metrics:
         self.resumes = Counter("zepix_hub_resumes_total", "Resumes by outcome", ["recovered"], registry=r)
         self.replayed = Counter("zepix_hub_replayed_events_total", "Events sent by resume replays", registry=r)
         self.queue_peak = Gauge("zepix_hub_queue_depth_peak", "Highest client queue depth seen", registry=r)
+        self.direct_path = Gauge("zepix_hub_direct_write_path",
+                                 "1: frames go straight to uvicorn's transport; 0: the slower ASGI path (see the log)",
+                                 registry=r)
+        self.direct_fallbacks = Counter("zepix_hub_direct_write_fallbacks_total",
+                                        "WebSocket connections served through the ASGI path for want of the direct one",
+                                        registry=r)
         self.notify_queue = Gauge("zepix_hub_notify_queue_usage", "pg_notification_queue_usage()", registry=r)
 
     def closed(self, code: int) -> None:

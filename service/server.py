@@ -20,11 +20,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
-from uvicorn.server import HANDLED_SIGNALS
 
 from .app import hub_of
 from .logconfig import logging_config
 from .settings import Settings
+from .uvicorn_internals import HANDLED_SIGNALS, get_subprocess, startup_problem
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,12 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
 
 
 class HubServer(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the app's lifespan first: then the hub exists
+        hub = hub_of(self.config.loaded_app)
+        if hub is not None:
+            hub.note_direct_path(startup_problem(self.config.ws_protocol_class))
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first: a client told 1001 reconnects within a second and must land on another
         # process (or wait for the restart), not on this one, whose uvicorn would then close it 1012.
@@ -107,8 +113,6 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
     after its start is restarted with a growing delay, up to RESTART_MAX_S.
     On SIGINT/SIGTERM every worker gets SIGTERM (its clients get 1001).
     """
-    from uvicorn._subprocess import get_subprocess
-
     sock = config.bind_socket()
     if on_bound is not None:
         on_bound(int(sock.getsockname()[1]))
