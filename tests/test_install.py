@@ -53,8 +53,12 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     base = tmp_path_factory.mktemp("install")
+    # Built from a copy: setuptools' in-tree build/ would otherwise keep (and ship) files deleted since.
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".zepix-hub", "test-artifacts", ".*_cache"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-                            str(base / "dist"), str(ROOT)], capture_output=True, text=True, timeout=170)
+                            str(base / "dist"), str(source)], capture_output=True, text=True, timeout=170)
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = (base / "dist").glob("zepix_hub-*.whl")
 
