@@ -64,9 +64,19 @@ def start_embedded(data_dir: Path) -> EmbeddedServer:
 
 
 def embedded_running(data_dir: Path) -> bool:
-    """Whether the embedded server of `data_dir` runs now (pg_ctl status: the postmaster.pid's process lives)."""
-    pgdata = data_dir.expanduser().resolve() / "pgdata"
-    return (pgdata / "postmaster.pid").exists() and pg_ctl(pgdata, "status", check=False)
+    """Whether the embedded server of `data_dir` runs now: postmaster.pid names a live postgres process.
+
+    Read directly rather than through `pg_ctl status`, which runs as the server's user when we are root and
+    fails when that user cannot reach the directory.
+    """
+    import psutil
+
+    try:
+        pid = int((data_dir.expanduser().resolve() / "pgdata" / "postmaster.pid").read_text().split()[0])
+        process = psutil.Process(pid)
+        return "postgres" in process.name() and process.status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return False
 
 
 def stop_embedded(data_dir: Path) -> bool:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -164,7 +165,7 @@ async def test_the_wheel_migrates_serves_and_passes_doctor_against_a_server(
         await _trade_arrives(base.group(1).replace("http://", "ws://"), token, shared_database)
         doctor = await asyncio.to_thread(installed.run, empty, env, "doctor")
         assert doctor.returncode == 0 and "checks passed" in doctor.stdout, doctor
-        await _stop(proc, signal.SIGTERM)
+        assert "not managed by zepix-hub" in await _stop(proc, signal.SIGTERM)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -172,11 +173,21 @@ async def test_the_wheel_migrates_serves_and_passes_doctor_against_a_server(
     assert sorted(p.name for p in empty.iterdir()) == []  # nothing written where it ran
 
 
+@pytest.fixture
+def open_empty_dir() -> Iterator[Path]:
+    """An empty directory outside pytest's tmp_path: as root the embedded server runs as another user and must
+    reach ./.zepix-hub in it, and a pytest session starting meanwhile makes /tmp/pytest-of-root private again."""
+    empty = Path(tempfile.mkdtemp(prefix="zepix-wheel-"))
+    empty.chmod(0o755)
+    try:
+        yield empty
+    finally:
+        shutil.rmtree(empty, ignore_errors=True)
+
+
 async def test_the_wheel_runs_on_the_embedded_database_from_an_empty_directory(
-        installed: Installed, tmp_path: Path) -> None:
-    empty = tmp_path / "anywhere"
-    empty.mkdir()
-    os.chmod(tmp_path, 0o755)  # as root, the embedded server runs as another user and must reach ./.zepix-hub
+        installed: Installed, open_empty_dir: Path) -> None:
+    empty = open_empty_dir
     env = installed.env()  # nothing configured: the README's first command, with the installed wheel
     data = empty / ".zepix-hub"
     proc: asyncio.subprocess.Process | None = None
@@ -190,7 +201,8 @@ async def test_the_wheel_runs_on_the_embedded_database_from_an_empty_directory(
                              f"postgresql://postgres@/postgres?host={data / 'pgdata'}")
         doctor = await asyncio.to_thread(installed.run, empty, env, "doctor")
         assert doctor.returncode == 0 and "checks passed" in doctor.stdout, doctor
-        await _stop(proc, signal.SIGINT)
+        # migrate started the embedded server: serve leaves it running, and says so
+        assert "was running before this serve and is left running" in await _stop(proc, signal.SIGINT)
     finally:
         if proc is not None and proc.returncode is None:
             proc.kill()
