@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import websockets
 
@@ -161,6 +162,11 @@ async def test_the_wheel_migrates_serves_and_passes_doctor_against_a_server(
     try:
         base = re.search(r"(http://127\.0\.0\.1:\d+/)", printed)
         assert base is not None, printed
+        async with httpx.AsyncClient(timeout=10) as http:  # the dashboard's files are in the wheel too
+            page = await http.get(base.group(1))
+            assert page.status_code == 200 and "static/app.js?v=" in page.text
+            script = await http.get(base.group(1) + re.findall(r'src="(static/app\.js\?v=\w+)"', page.text)[0])
+            assert script.status_code == 200 and len(script.content) > 1000
         token = (await asyncio.to_thread(installed.run, empty, env, "token", "--sub", "wheel")).stdout.strip()
         await _trade_arrives(base.group(1).replace("http://", "ws://"), token, shared_database)
         doctor = await asyncio.to_thread(installed.run, empty, env, "doctor")
