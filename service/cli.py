@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(host=args.host, port=args.port)
     if settings.database_url:
         code = _serve(args)
-        print("zepix-hub stopped; the database server (HUB_DATABASE_URL) is not managed by zepix-hub and was "
+        print("    zepix-hub stopped; the database server (HUB_DATABASE_URL) is not managed by zepix-hub and was "
               "left as it was", flush=True)
         return code
     data_dir = settings.data_dir.expanduser().resolve()
@@ -104,16 +104,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve(args)
     finally:
         if was_running:
-            print(f"zepix-hub stopped; the embedded PostgreSQL in {data_dir} was running before this serve and is "
+            print(f"    zepix-hub stopped; the embedded PostgreSQL in {data_dir} was running before this serve and is "
                   "left running (zepix-hub stop-db stops it)", flush=True)
         elif embedded_running(data_dir):
             others = _other_sessions(os.environ.get("HUB_DATABASE_URL", ""))
             if others:  # another hub or a psql started after this serve: stopping would cut it off
-                print(f"zepix-hub stopped; the embedded PostgreSQL it started in {data_dir} is left running: "
+                print(f"    zepix-hub stopped; the embedded PostgreSQL it started in {data_dir} is left running: "
                       f"{others} other session(s) use it (zepix-hub stop-db stops it)", flush=True)
             else:
                 stopped = stop_embedded(data_dir)
-                print(f"zepix-hub stopped; the embedded PostgreSQL it started in {data_dir} "
+                print(f"    zepix-hub stopped; the embedded PostgreSQL it started in {data_dir} "
                       + ("is stopped (its data is kept)" if stopped else
                          f"could not be stopped: see {data_dir}/pgdata/log, then run zepix-hub stop-db"), flush=True)
 
