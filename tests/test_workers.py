@@ -4,6 +4,7 @@ ends the supervisor with exit 1, and /metrics speaks for every worker whichever 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -74,11 +75,15 @@ async def test_a_killed_worker_is_back_within_5s_its_clients_resume_and_metrics_
         dsn: str, tmp_path: Path) -> None:
     proc = HubProcess(dsn, tmp_path / "hub.log", args=("--workers", "2")).start()
     family: list[psutil.Process] = []
+    metrics_dir: Path | None = None
     try:
         assert await _serving(proc, 2, within=60), proc.log_path.read_text()[-3000:]
         before = _workers(proc)
         assert len(before) == 2
         family = list(before)
+        # The supervisor's private directory for the workers' metrics, the same for both.
+        (metrics_dir,) = {Path(p.environ()["PROMETHEUS_MULTIPROC_DIR"]) for p in before}
+        assert metrics_dir.is_dir()
 
         # Every scrape, whichever worker answers it, reports both workers.
         pids = {str(p.pid) for p in before}
@@ -135,9 +140,12 @@ async def test_a_killed_worker_is_back_within_5s_its_clients_resume_and_metrics_
         for ws in clients:
             await ws.close()
         assert proc.terminate() == 0
+        assert not metrics_dir.exists()  # the supervisor cleans up after itself
     finally:
         proc.kill()
         await asyncio.to_thread(kill_all, family)
+        if metrics_dir is not None:  # a supervisor killed by the test cannot
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def test_workers_that_keep_dying_end_the_supervisor_with_exit_1(dsn: str, tmp_path: Path) -> None:
@@ -145,6 +153,7 @@ async def test_workers_that_keep_dying_end_the_supervisor_with_exit_1(dsn: str, 
     assert proc.proc is not None
     killed: set[int] = set()
     family: list[psutil.Process] = []
+    metrics_dirs: set[Path] = set()
     try:
         deadline = time.monotonic() + 90
         while proc.proc.poll() is None and time.monotonic() < deadline:
@@ -152,12 +161,19 @@ async def test_workers_that_keep_dying_end_the_supervisor_with_exit_1(dsn: str, 
                 if worker.pid not in killed:
                     killed.add(worker.pid)
                     family.append(worker)
+                    try:
+                        metrics_dirs.add(Path(worker.environ()["PROMETHEUS_MULTIPROC_DIR"]))
+                    except (psutil.Error, KeyError):
+                        pass
                     worker.send_signal(signal.SIGKILL)
             await asyncio.sleep(0.02)
         assert proc.proc.poll() == 1, proc.log_path.read_text()[-3000:]
         log = proc.log_path.read_text()
         assert "workers keep dying (5 times in a row" in log and "Traceback" not in log, log[-3000:]
         assert len(killed) >= 5
+        assert len(metrics_dirs) == 1 and not any(d.exists() for d in metrics_dirs)  # removed on this exit too
     finally:
         proc.kill()
         await asyncio.to_thread(kill_all, family)
+        for directory in metrics_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
