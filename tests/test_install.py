@@ -293,3 +293,15 @@ def test_the_sample_systemd_units_migrate_first_restart_and_verify(installed: In
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     # verify exits 0 on unknown keys and bad values but says so: any output is a finding.
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify
+
+
+def test_the_wheel_carries_every_file_of_sql_and_migrations(installed: Installed) -> None:
+    """A file added to sql/ or migrations/ that the package-data globs in pyproject.toml miss would work from a
+    checkout and break only in a deployment."""
+    shipped = installed.site / "service" / "_db"
+    expected = {"alembic.ini"} | {
+        str(path.relative_to(ROOT)) for folder in ("sql", "migrations") for path in (ROOT / folder).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts}
+    missing = sorted(name for name in expected if not (shipped / name).is_file())
+    assert not missing, f"not in the wheel (pyproject.toml [tool.setuptools.package-data]): {missing}"
+    assert (shipped / "sql" / "queries.sql").read_bytes() == (ROOT / "sql" / "queries.sql").read_bytes()
