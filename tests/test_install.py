@@ -28,8 +28,10 @@ import httpx
 import pytest
 import websockets
 
+from service import migrate
 from service.embedded import stop_embedded
 from tests.hubs import SECRET
+from tests.pg import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -305,3 +307,21 @@ def test_the_wheel_carries_every_file_of_sql_and_migrations(installed: Installed
     missing = sorted(name for name in expected if not (shipped / name).is_file())
     assert not missing, f"not in the wheel (pyproject.toml [tool.setuptools.package-data]): {missing}"
     assert (shipped / "sql" / "queries.sql").read_bytes() == (ROOT / "sql" / "queries.sql").read_bytes()
+
+
+async def test_alembic_upgrade_head_from_a_checkout_still_works(pg: PgServer) -> None:
+    """The top-level layout stays what DBAs and plain Alembic expect: alembic.ini at the root of a checkout."""
+    name = await pg.create_database(prefix="zepix_alembic")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_") and k != "DATABASE_URL"}
+        env["HUB_DATABASE_URL"] = pg.dsn(name)
+        run = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "alembic", "upgrade", "head"],
+                                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        conn = await asyncpg.connect(pg.dsn(name))
+        try:
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == migrate.head_revision()
+        finally:
+            await conn.close()
+    finally:
+        await pg.drop_database(name)
