@@ -18,16 +18,15 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse
 
 from . import migrate
 from .asgi import TransportAbort
+from .assets import STATIC_DIR, VersionedStaticFiles
 from .auth import Verifier, verification_key
 from .connections import ConnectionManager
 from .database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
@@ -42,22 +41,6 @@ from .store import EventStore, prune
 from .topics import NOTIFICATION
 
 log = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-class RevalidatedStaticFiles(StaticFiles):
-    """The dashboard's assets, revalidated on every load (a 304 when unchanged).
-
-    Without a Cache-Control header browsers cache by heuristic, so after an
-    upgrade a dashboard could run yesterday's app.js against today's hub.
-    """
-
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
-
 
 class Hub:
     """Everything one hub process runs, built and torn down by the lifespan."""
@@ -76,7 +59,21 @@ class Hub:
         self.oldest_hint = 0
         self.head_hint = 0
         self._queue_peak = 0
+        self._direct_warned = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def note_direct_path(self, problem: str | None) -> None:
+        """Record whether the direct write path (service/uvicorn_internals.py) works; say once why it does not."""
+        self.metrics.direct_path.set(0 if problem else 1)
+        if problem is not None and not self._direct_warned:
+            self._direct_warned = True
+            log.warning("the direct write path is not available, frames take the slower ASGI path: %s "
+                        "(zepix_hub_direct_write_path is 0; see service/uvicorn_internals.py)", problem)
+
+    def direct_fallback(self) -> None:
+        """A WebSocket connection without the direct write path (another server, protocol or uvicorn); the
+        session counts it in zepix_hub_connections_by_writer_total{writer="asgi"}."""
+        self.note_direct_path("the server gave this WebSocket connection no direct write path")
 
     def dispatch(self, frame: Frame) -> None:
         """Hand one event to every subscribed client. Called by the listener, in seq order; never awaits."""
@@ -234,7 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)
-    app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    app.mount("/static", VersionedStaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     app.add_middleware(TransportAbort)
     return app
 

@@ -95,6 +95,57 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve; at exit (Ctrl-C, SIGTERM, an error) stop the embedded PostgreSQL if this serve started it, and say
+    on stdout what became of the database."""
+    from .embedded import embedded_running, stop_embedded
+
+    settings = _settings(host=args.host, port=args.port)
+    if settings.database_url:
+        code = _serve(args)
+        print("    zepix-hub stopped; the database server (HUB_DATABASE_URL) is not managed by zepix-hub and was "
+              "left as it was", flush=True)
+        return code
+    data_dir = settings.data_dir.expanduser().resolve()
+    was_running = embedded_running(data_dir)
+    try:
+        return _serve(args)
+    finally:
+        if was_running:
+            print(f"    zepix-hub stopped; the embedded PostgreSQL in {data_dir} was running before this serve and is "
+                  "left running (zepix-hub stop-db stops it)", flush=True)
+        elif embedded_running(data_dir):
+            others = _other_sessions(os.environ.get("HUB_DATABASE_URL", ""))
+            if others:  # another hub or a psql started after this serve: stopping would cut it off
+                print(f"    zepix-hub stopped; the embedded PostgreSQL it started in {data_dir} is left running: "
+                      f"{others} other session(s) use it (zepix-hub stop-db stops it)", flush=True)
+            else:
+                stopped = stop_embedded(data_dir)
+                print(f"    zepix-hub stopped; the embedded PostgreSQL it started in {data_dir} "
+                      + ("is stopped (its data is kept)" if stopped else
+                         f"could not be stopped: see {data_dir}/pgdata/log, then run zepix-hub stop-db"), flush=True)
+
+
+def _other_sessions(dsn: str) -> int:
+    """Client sessions on the server of `dsn` besides this one (0 when it cannot be asked)."""
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                           "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"))
+        finally:
+            await conn.close()
+
+    if not dsn:
+        return 0
+    try:
+        return asyncio.run(count())
+    except (OSError, asyncpg.PostgresError):
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
     from .server import HubServer, run_workers, uvicorn_config

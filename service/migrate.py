@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import asyncpg
 from alembic import command
@@ -13,17 +12,17 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
+from . import bundle
 from .errors import ConfigError, DatabaseSetupError
-
-ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_INI = ROOT / "alembic.ini"
 
 log = logging.getLogger(__name__)
 
 
 def alembic_config(dsn: str | None = None) -> Config:
-    cfg = Config(str(ALEMBIC_INI))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    # alembic.ini's prepend_sys_path puts its own folder first on sys.path: the revisions' `import
+    # migrations.sqlfiles` then finds the migrations/ that sits beside it, in a checkout as in a wheel.
+    cfg = Config(str(bundle.alembic_ini()))
+    cfg.set_main_option("script_location", str(bundle.migrations_dir()))
     if dsn:
         from .database import sqlalchemy_url
 

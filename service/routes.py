@@ -12,11 +12,12 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, Field
 
-from .app import STATIC_DIR, Hub
+from .app import Hub
+from .assets import STATIC_DIR, index_html
 from .auth import Principal
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
 from .frames import MAX_SEQ, parse_epoch
@@ -226,8 +227,9 @@ async def asyncapi() -> FileResponse:
 
 
 @router.get("/", include_in_schema=False)
-async def dashboard() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+async def dashboard() -> HTMLResponse:
+    # The page itself is revalidated on every load; the files it links carry their content hash.
+    return HTMLResponse(index_html(), headers={"Cache-Control": "no-cache"})
 
 
 @router.websocket("/ws/live")

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,20 +23,26 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
-from uvicorn.server import HANDLED_SIGNALS
 
 from .app import hub_of
+from .errors import HubError
 from .front_door import FrontDoorLimits, GuardedHttpToolsProtocol, fit_open_file_limit
 from .logconfig import logging_config
+from .metrics import MULTIPROC_ENV
 from .settings import Settings
+from .uvicorn_internals import HANDLED_SIGNALS, get_subprocess, startup_problem
 
 log = logging.getLogger(__name__)
 
-#: A worker that lived at least this long is restarted at once; one that died sooner is restarted after
-#: RESTART_MIN_S, doubling with every quick death up to RESTART_MAX_S (a crash loop must not spin).
+#: A worker that died is restarted at once; if it dies again within HEALTHY_AFTER_S of its start, after
+#: RESTART_MIN_S, doubling with every further quick death up to RESTART_MAX_S (a crash loop must not spin).
 HEALTHY_AFTER_S = 10.0
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
+#: A worker slot whose process died this many times in a row, each soon after its start, is a crash loop
+#: (a bad deployment, a database that refuses the hub): the supervisor stops and exits non-zero, so that
+#: systemd (Restart=) or whatever runs it sees the failure instead of a hub that never serves.
+CRASH_LOOP_DEATHS = 5
 
 
 class HubConfig(uvicorn.Config):
@@ -74,11 +83,20 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
 
 
 class HubServer(uvicorn.Server):
+    #: Set by the worker supervisor on a worker started in place of one that died (it travels with the
+    #: pickled server to the new process), counted in zepix_hub_worker_restarts_total.
+    replacement = False
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         front_door = getattr(self.config, "front_door", None)
         if isinstance(front_door, FrontDoorLimits):
             fit_open_file_limit(front_door.max_connections)
-        await super().startup(sockets)
+        await super().startup(sockets)  # the app's lifespan first: then the hub exists
+        hub = hub_of(self.config.loaded_app)
+        if hub is not None:
+            hub.note_direct_path(startup_problem(self.config.ws_protocol_class))
+            if self.replacement:
+                hub.metrics.worker_restarts.inc()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first: a client told 1001 reconnects within a second and must land on another
@@ -128,17 +146,39 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
     runs its own listener on the shared database. A worker that dies (killed,
     out of memory) is started again; its clients were cut off and resume with
     `since`, on whichever worker accepts them. A worker that keeps dying soon
-    after its start is restarted with a growing delay, up to RESTART_MAX_S.
-    On SIGINT/SIGTERM every worker gets SIGTERM (its clients get 1001).
-    """
-    from uvicorn._subprocess import get_subprocess
+    after its start is restarted with a growing delay, up to RESTART_MAX_S; after CRASH_LOOP_DEATHS such
+    deaths in a row the supervisor stops every worker and raises HubError (exit 1). Restarts are logged and
+    counted (zepix_hub_worker_restarts_total). On SIGINT/SIGTERM every worker gets SIGTERM (its clients
+    get 1001).
 
+    The workers share a private PROMETHEUS_MULTIPROC_DIR, created here and deleted at exit, so that any
+    worker's /metrics reports them all (service/metrics.py, docs/adr/0006-worker-metrics.md).
+    """
+    from prometheus_client import multiprocess
+
+    metrics_dir = tempfile.mkdtemp(prefix="zepix-hub-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by every worker started below
+
+    def dead(pid: int) -> None:
+        multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
+
+    try:
+        _supervise(config, workers, on_bound, on_death=dead)
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(config: uvicorn.Config, workers: int, on_bound: Callable[[int], None] | None,
+               on_death: Callable[[int], None]) -> None:
     sock = config.bind_socket()
     if on_bound is not None:
         on_bound(int(sock.getsockname()[1]))
 
-    def spawn() -> BaseProcess:
-        process = get_subprocess(config, target=HubServer(config).run, sockets=[sock])
+    def spawn(replacement: bool = False) -> BaseProcess:
+        server = HubServer(config)
+        server.replacement = replacement
+        process = get_subprocess(config, target=server.run, sockets=[sock])
         process.start()
         return process
 
@@ -154,23 +194,35 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
         for _ in range(workers):
             processes.append(spawn())
         started = [time.monotonic()] * workers
-        delay = [0.0] * workers
+        delay = [0.0] * workers  # before the next start of each slot
+        quick_deaths = [0] * workers
         due: list[float | None] = [None] * workers
-        while not stop.wait(0.2):
+        while not stop.wait(0.1):
             now = time.monotonic()
             for i, process in enumerate(processes):
                 if process.is_alive():
                     continue
                 restart_at = due[i]
                 if restart_at is None:
+                    if process.pid is not None:
+                        on_death(process.pid)  # its live gauges leave /metrics; its counters stay in the sums
                     quick = now - started[i] < HEALTHY_AFTER_S
-                    delay[i] = min(max(delay[i] * 2, RESTART_MIN_S), RESTART_MAX_S) if quick else 0.0
+                    quick_deaths[i] = quick_deaths[i] + 1 if quick else 0
+                    if quick_deaths[i] >= CRASH_LOOP_DEATHS:
+                        log.error("worker %d (pid %s) exited with %s, %d times in a row within %.0f s of its "
+                                  "start; stopping", i, process.pid, process.exitcode, quick_deaths[i],
+                                  HEALTHY_AFTER_S)
+                        raise HubError(f"workers keep dying ({quick_deaths[i]} times in a row within "
+                                       f"{HEALTHY_AFTER_S:.0f} s of starting): see the log above")
+                    # The first death is restarted at once (clients are waiting); a repeat waits, doubling.
+                    delay[i] = (0.0 if quick_deaths[i] <= 1 else
+                                min(RESTART_MIN_S * 2 ** (quick_deaths[i] - 2), RESTART_MAX_S))
                     due[i] = now + delay[i]
                     log.warning("worker %d (pid %s) exited with %s; starting a new one in %.1f s",
                                 i, process.pid, process.exitcode, delay[i])
                 elif now >= restart_at:
                     process.join(0)  # reap it
-                    processes[i], started[i], due[i] = spawn(), now, None
+                    processes[i], started[i], due[i] = spawn(replacement=True), now, None
                     log.info("worker %d restarted (pid %s)", i, processes[i].pid)
     finally:
         # Also when spawning failed: the workers already running must not outlive the supervisor.

@@ -194,6 +194,8 @@ class Session:
             settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope), direct=direct_of(ws.scope),
             topics=topics, delivered=head,
         )
+        if client.direct is None:
+            hub.direct_fallback()
         welcome = control(
             "welcome", session=client.id, sub=principal.subject, topics=sorted(topics), head=head,
             epoch=log_epoch, oldest=hub.oldest_hint, heartbeat_s=settings.heartbeat_s, resume=since is not None,

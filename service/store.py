@@ -16,16 +16,17 @@ from pathlib import Path
 
 import asyncpg
 
+from . import bundle
 from .errors import DatabaseSetupError, ResumeGone
 from .topics import PERSISTED_TOPICS
 
-QUERIES_FILE = Path(__file__).resolve().parent.parent / "sql" / "queries.sql"
 
-
-def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
-    """Split sql/queries.sql into {name: sql} on its `-- name: x` lines."""
+def load_queries(path: Path | None = None) -> dict[str, str]:
+    """Split sql/queries.sql (of the checkout, or of the installed wheel) into {name: sql} on its `-- name: x`
+    lines."""
     queries: dict[str, str] = {}
-    for block in re.split(r"^-- name: ", path.read_text(), flags=re.M)[1:]:
+    text = (path or bundle.sql_dir() / "queries.sql").read_text()
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
         name, _, body = block.partition("\n")
         queries[name.strip()] = body.strip()
     return queries

@@ -13,16 +13,20 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 import websockets
 from jose import jwt
@@ -642,11 +646,11 @@ async def test_tail_refuses_bad_urls_and_tokens_without_echoing_the_token(tmp_pa
         assert "eyJ" not in run.err and token[25:45] not in run.err, run.err
 
 
-async def test_serve_demo_the_readme_command_end_to_end(tmp_path: Path) -> None:
+async def test_serve_demo_the_readme_command_end_to_end(embedded_home: Path) -> None:
     """The README's first command on the embedded database: the printed dev-token URL serves the dashboard
     and its live stream, the demo feed outlives losing its connection, Ctrl-C exits 0, stop-db stops it."""
-    data = tmp_path / "data"
-    env = cli_env("", tmp_path, HUB_DEV="", HUB_JWT_SECRET="", HUB_LOG_LEVEL="INFO")  # as a newcomer runs it
+    data = embedded_home / "data"
+    env = cli_env("", embedded_home, HUB_DEV="", HUB_JWT_SECRET="", HUB_LOG_LEVEL="INFO")  # as a newcomer runs it
     proc = await spawn(env, "serve", "--demo", "--port", "0", "--rate", "20")
     assert proc.stdout is not None and proc.stderr is not None
     stderr = asyncio.create_task(proc.stderr.read())  # drained all along: a full pipe would stall the hub
@@ -673,20 +677,113 @@ async def test_serve_demo_the_readme_command_end_to_end(tmp_path: Path) -> None:
             assert killed == 1
             later = await _event_seqs(ws, 5, within=60)
             assert later[0] > seqs[-1]
+        postmaster = psutil.Process(int((data / "pgdata" / "postmaster.pid").read_text().split()[0]))
+        family = [postmaster, *postmaster.children(recursive=True)]  # checkpointer, walwriter, backends, ...
+        assert len(family) > 1 and _postgres_of(data)
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         err = (await asyncio.wait_for(stderr, 10)).decode()
         assert "Traceback" not in err and "demo feed reconnected" in err, err[-2000:]
         assert token not in err  # the dev token is printed once, to stdout, never logged
 
+        # Ctrl-C stopped the embedded PostgreSQL this serve started, said so, and left no postgres behind.
+        out = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
+        assert "the embedded PostgreSQL it started" in out and "is stopped" in out, out
+        assert not [p for p in family if _alive(p)]
+        assert _postgres_of(data) == []
         stop = await cli(env, "stop-db")
-        assert stop.code == 0 and "embedded PostgreSQL stopped" in stop.out, stop
+        assert stop.code == 0 and "no embedded PostgreSQL running" in stop.out, stop
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         stderr.cancel()
         await asyncio.to_thread(stop_embedded, data)
+
+
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """A directory for an embedded PostgreSQL, outside pytest's tmp_path: as root the server runs as another
+    user, and a pytest session starting meanwhile (another checkout's) makes /tmp/pytest-of-root private again."""
+    home = Path(tempfile.mkdtemp(prefix="zepix-cli-"))
+    home.chmod(0o755)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _postgres_of(data: Path) -> list[str]:
+    """Command lines of the live processes started on this data dir (the postmaster carries -D DIR)."""
+    pgdata = str(data / "pgdata")
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if pgdata in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(cmdline)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def test_serve_leaves_running_an_embedded_database_it_did_not_start(embedded_home: Path) -> None:
+    """A database that was running before (here: started by migrate) outlives a serve's Ctrl-C."""
+    data = embedded_home / "data"
+    env = cli_env("", embedded_home, HUB_DEV="", HUB_JWT_SECRET="")
+    try:
+        migrated = await cli(env, "migrate", within=180)
+        assert migrated.code == 0, migrated
+        assert _postgres_of(data)
+        proc = await spawn(env, "serve", "--port", "0")
+        assert proc.stdout is not None
+        try:
+            await read_line_until(proc.stdout, r"\?token=", within=60)
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            out = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert "was running before this serve and is left running" in out, out
+        assert _postgres_of(data)
+    finally:
+        await asyncio.to_thread(stop_embedded, data)
+    assert _postgres_of(data) == []
+
+
+async def test_serve_leaves_running_the_database_it_started_while_others_use_it(embedded_home: Path) -> None:
+    """Another session (a second hub, a psql) on the embedded PostgreSQL a serve started: Ctrl-C does not cut
+    it off."""
+    data = embedded_home / "data"
+    env = cli_env("", embedded_home, HUB_DEV="", HUB_JWT_SECRET="")
+    proc = await spawn(env, "serve", "--port", "0")
+    assert proc.stdout is not None
+    try:
+        await read_line_until(proc.stdout, r"\?token=", within=180)
+        other = await asyncpg.connect(f"postgresql://postgres@/postgres?host={data / 'pgdata'}")
+        try:
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            out = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
+            assert "is left running: 1 other session(s) use it" in out, out
+            assert await other.fetchval("SELECT 1") == 1
+        finally:
+            await other.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.to_thread(stop_embedded, data)
+    assert _postgres_of(data) == []
 
 
 async def _event_seqs(ws: websockets.ClientConnection, n: int, within: float = 30) -> list[int]:

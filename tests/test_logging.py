@@ -151,8 +151,9 @@ def _line_of(text: str, pos: int) -> str:
 
 
 def _log_lines(text: str) -> list[str]:
-    """The log lines of a `serve` process's output: without the CLI's banner (a print, not a log record)."""
-    return [line for line in text.splitlines() if line.strip() and not line.startswith("    zepix-hub is live")]
+    """The log lines of a `serve` process's output: without the CLI's banners ("is live", "stopped": prints,
+    not log records)."""
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("    zepix-hub ")]
 
 
 # -- a `zepix-hub serve` process -----------------------------------------------------------------------------

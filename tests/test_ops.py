@@ -10,9 +10,11 @@ idempotent, the login roles get unique names, and every role a test created
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import secrets
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -596,3 +598,38 @@ async def test_dashboard_and_its_assets_are_revalidated_on_every_load(hub: Runni
             again = await http.get("/" + asset, headers={"If-None-Match": first.headers["etag"]})
             assert again.status_code == 304, asset
         assert (await http.get("/static/nope.js")).status_code == 404
+
+
+async def test_dashboard_asset_urls_change_with_their_content(hub: RunningHub, tmp_path: Path) -> None:
+    """A new release's files have new URLs (a browser, proxy or CDN cannot serve the old ones for them);
+    the current URL may be cached for good, any other is revalidated."""
+    async with httpx.AsyncClient(base_url=hub.http) as http:
+        page = (await http.get("/")).text
+        links = re.findall(r'(?:href|src)="(static/[^"]+)"', page)
+        assert {link.split("?")[0] for link in links} == {"static/app.js", "static/style.css", "static/favicon.svg"}
+        for link in links:
+            path, _, query = link.partition("?")
+            assert re.fullmatch(r"v=[0-9a-f]{12}", query), link
+            served = await http.get("/" + link)
+            assert served.status_code == 200
+            assert query == "v=" + hashlib.sha256(served.content).hexdigest()[:12], link
+            assert served.headers["cache-control"] == "public, max-age=31536000, immutable", link
+            for stale in ("/" + path, f"/{path}?v=000000000000"):  # a page from before an upgrade asks for these
+                again = await http.get(stale)
+                assert again.status_code == 200 and again.headers["cache-control"] == "no-cache", stale
+
+    from service.assets import STATIC_DIR, index_html, version
+
+    copy = tmp_path / "static"
+    shutil.copytree(STATIC_DIR, copy)
+    before = index_html(copy)
+    (copy / "app.js").write_bytes((copy / "app.js").read_bytes() + b"\n// the next release\n")
+    index_html.cache_clear(), version.cache_clear()
+    after = index_html(copy)
+    index_html.cache_clear(), version.cache_clear()
+
+    def versions(html: str) -> dict[str, str]:
+        return dict(re.findall(r'"static/([^"?]+)\?v=([0-9a-f]+)"', html))
+
+    assert versions(before)["app.js"] != versions(after)["app.js"]
+    assert versions(before)["style.css"] == versions(after)["style.css"]
