@@ -20,7 +20,7 @@ upgrades), so idle sockets are never counted. Hence this protocol:
   connection is reset. uvicorn would wait for the drain forever.
 
 Once a WebSocket is open none of this applies: the ping timeout, the send
-timeout and the per-subject cap do. docs/adr/0006-front-door-limits.md says why.
+timeout and the per-subject cap do. docs/adr/0009-front-door-limits.md says why.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Under `serve --workers N` the supervisor gives its workers a private
 PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode): each worker
 writes its values there and /metrics, whichever worker answers, adds them all
-up (docs/adr/0006-worker-metrics.md). Each gauge says how: `livesum` for
+up (docs/adr/0010-worker-metrics.md). Each gauge says how: `livesum` for
 counts, `liveall` (one series per live worker, `pid` label) for per-worker
 state, `max`/`min` where one figure is wanted.
 """

@@ -152,7 +152,7 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
     get 1001).
 
     The workers share a private PROMETHEUS_MULTIPROC_DIR, created here and deleted at exit, so that any
-    worker's /metrics reports them all (service/metrics.py, docs/adr/0006-worker-metrics.md).
+    worker's /metrics reports them all (service/metrics.py, docs/adr/0010-worker-metrics.md).
     """
     from prometheus_client import multiprocess
 

@@ -19,7 +19,7 @@ ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", 
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: The `aud` every token must carry unless HUB_JWT_AUDIENCE says otherwise (docs/adr/0006-dev-mode-and-audience.md).
+#: The `aud` every token must carry unless HUB_JWT_AUDIENCE says otherwise (docs/adr/0008-dev-mode-and-audience.md).
 DEFAULT_AUDIENCE = "zepix-hub"
 
 
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(default=20.0, gt=0, le=86_400)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0, le=86_400)
 
-    # The front door (docs/adr/0006-front-door-limits.md): what a stranger or one token can hold, per process.
+    # The front door (docs/adr/0009-front-door-limits.md): what a stranger or one token can hold, per process.
     max_connections: int = Field(default=4096, ge=1, le=10**6)
     max_connections_per_subject: int = Field(default=100, ge=1, le=10**6)
     max_header_bytes: int = Field(default=32 * 1024, ge=4096, le=2**20)
