@@ -19,11 +19,11 @@ import pytest
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side
 
-from service.asgi import DirectSocket
 from service.connections import Client, ConnectionManager
 from service.frames import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Frame, live_event
 from service.settings import Settings, load_settings
 from service.topics import LOG_STREAM, SYS_STATUS, TRADE_UPDATE
+from service.uvicorn_internals import DIRECT_ATTRIBUTES, DirectSocket
 
 GUARD_S = 5.0  # hang guard only
 
@@ -79,9 +79,10 @@ class Wire:
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def direct(self) -> DirectSocket:
-        found = DirectSocket.of(self.side)
-        assert found is not None
-        return found
+        # DirectSocket.of also checks that the protocol object is uvicorn's own class (tests/test_fast_path.py
+        # and tests/test_uvicorn_fence.py cover that); here the writer itself is under test.
+        assert all(hasattr(self.side, a) for a in DIRECT_ATTRIBUTES), "UvicornSide lacks what DirectSocket reads"
+        return DirectSocket(self.side)
 
     async def send(self, text: str) -> None:
         """The ASGI path's send_text, on the same socket."""
