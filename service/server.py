@@ -26,11 +26,11 @@ import uvicorn
 
 from .app import hub_of
 from .errors import HubError
-from .front_door import FrontDoorLimits, GuardedHttpToolsProtocol, fit_open_file_limit
+from .limits import FrontDoorLimits, fit_open_file_limit
 from .logconfig import logging_config
 from .metrics import MULTIPROC_ENV
 from .settings import Settings
-from .uvicorn_internals import HANDLED_SIGNALS, get_subprocess, startup_problem
+from .uvicorn_internals import HANDLED_SIGNALS, GuardedHttpToolsProtocol, get_subprocess, startup_problem
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,13 @@ class HubConfig(uvicorn.Config):
         self.front_door = front_door
 
 
+def count_refusal(app: Any, reason: str) -> None:
+    """The front door's refusal counter (FrontDoorLimits.on_refusal): zepix_hub_refused_total{reason}."""
+    hub = hub_of(app)
+    if hub is not None:
+        hub.metrics.refusal(reason)
+
+
 def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, port: int | None = None,
                    **kwargs: Any) -> uvicorn.Config:
     return HubConfig(
@@ -63,8 +70,8 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
         front_door=FrontDoorLimits(max_connections=settings.max_connections,
                                    max_header_bytes=settings.max_header_bytes,
                                    header_timeout_s=settings.header_timeout_s,
-                                   send_timeout_s=settings.send_timeout_s),
-        # httptools, as uvicorn[standard] would pick, with the limits uvicorn lacks (service/front_door.py).
+                                   send_timeout_s=settings.send_timeout_s, on_refusal=count_refusal),
+        # httptools, as uvicorn[standard] would pick, with the limits uvicorn lacks (service/uvicorn_internals.py).
         http=GuardedHttpToolsProtocol,
         host=host or settings.host,
         port=settings.port if port is None else port,
