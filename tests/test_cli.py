@@ -742,7 +742,7 @@ async def test_serve_leaves_running_an_embedded_database_it_did_not_start(embedd
         migrated = await cli(env, "migrate", within=180)
         assert migrated.code == 0, migrated
         assert _postgres_of(data)
-        proc = await spawn(env, "serve", "--port", "0")
+        proc = await spawn(env, "serve", "--dev", "--port", "0")
         assert proc.stdout is not None
         try:
             await read_line_until(proc.stdout, r"\?token=", within=60)
@@ -765,7 +765,7 @@ async def test_serve_leaves_running_the_database_it_started_while_others_use_it(
     it off."""
     data = embedded_home / "data"
     env = cli_env("", embedded_home, HUB_DEV="", HUB_JWT_SECRET="")
-    proc = await spawn(env, "serve", "--port", "0")
+    proc = await spawn(env, "serve", "--dev", "--port", "0")
     assert proc.stdout is not None
     try:
         await read_line_until(proc.stdout, r"\?token=", within=180)

@@ -79,10 +79,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return Installed(venv / "bin", site)
 
 
-async def _serve(installed: Installed, cwd: Path, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
-    """Start the installed `zepix-hub serve --port 0`; return it and the URL line it printed."""
+async def _serve(installed: Installed, cwd: Path, env: dict[str, str],
+                 *flags: str) -> tuple[asyncio.subprocess.Process, str]:
+    """Start the installed `zepix-hub serve --port 0 [flags]`; return it and the URL line it printed."""
     proc = await asyncio.create_subprocess_exec(
-        str(installed.bin / "zepix-hub"), "serve", "--port", "0", cwd=cwd, env=env,
+        str(installed.bin / "zepix-hub"), "serve", "--port", "0", *flags, cwd=cwd, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
@@ -196,18 +197,19 @@ def open_empty_dir() -> Iterator[Path]:
 async def test_the_wheel_runs_on_the_embedded_database_from_an_empty_directory(
         installed: Installed, open_empty_dir: Path) -> None:
     empty = open_empty_dir
-    env = installed.env()  # nothing configured: the README's first command, with the installed wheel
+    env = installed.env()  # nothing configured but dev mode, asked for: the embedded database and a dev token
     data = empty / ".zepix-hub"
     proc: asyncio.subprocess.Process | None = None
     try:
         migrated = await asyncio.to_thread(installed.run, empty, env, "migrate")
         assert migrated.returncode == 0 and "migrated to head" in migrated.stdout, migrated
-        proc, printed = await _serve(installed, empty, env)
+        proc, printed = await _serve(installed, empty, env, "--dev")
         found = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", printed)
         assert found is not None, printed
         await _trade_arrives(found.group(1).replace("http://", "ws://"), found.group(2),
                              f"postgresql://postgres@/postgres?host={data / 'pgdata'}")
-        doctor = await asyncio.to_thread(installed.run, empty, env, "doctor")
+        # doctor checks the dev hub that serve --dev ran: the dev secret is its key only in dev mode
+        doctor = await asyncio.to_thread(installed.run, empty, {**env, "HUB_DEV": "true"}, "doctor")
         assert doctor.returncode == 0 and "checks passed" in doctor.stdout, doctor
         # migrate started the embedded server: serve leaves it running, and says so
         assert "was running before this serve and is left running" in await _stop(proc, signal.SIGINT)
