@@ -39,8 +39,8 @@ async def test_upgrade_downgrade_upgrade_on_an_empty_database(pg: PgServer) -> N
         await asyncio.to_thread(migrate.upgrade, dsn)
         migrated = await _objects(dsn)
         # v1's six functions stay beside v4's five (old code may still name them), with hub_prune_logs_v1;
-        # v6's capture path is in zepix_hub; two capture and two guard triggers.
-        assert migrated == {"tables": 4, "functions": 12, "capture functions": 5, "triggers": 4, "views": 2}
+        # v6's capture path is in zepix_hub; two capture and two guard triggers; v5's event_log_epoch.
+        assert migrated == {"tables": 5, "functions": 12, "capture functions": 5, "triggers": 4, "views": 2}
         await asyncio.to_thread(migrate.downgrade, dsn, "base")
         assert await _objects(dsn) == empty
         await asyncio.to_thread(migrate.upgrade, dsn)
@@ -198,8 +198,48 @@ async def test_capture_v2_upgrade_waits_for_a_bot_mid_transaction_instead_of_dea
         await pg.drop_database(name)
 
 
+async def test_log_epoch_upgrade_keeps_every_event_and_the_downgrade_removes_it(pg: PgServer) -> None:
+    """0004 -> 0005 on a log with events: one epoch appears and no event changes; down and up again gives
+    the log a new epoch (a rebuilt log is another log); the fence replaces it too."""
+    name = await pg.create_database()
+    dsn = pg.dsn(name)
+    conn: asyncpg.Connection | None = None
+    try:
+        await asyncio.to_thread(migrate.upgrade, dsn, "0004")
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('BTCUSDT', 'BUY', 1)")
+        await conn.execute("INSERT INTO logs (level, msg) VALUES ('ERROR', 'broker down')")
+        before = [r["frame"] for r in await conn.fetch(FRAMES)]
+        assert len(before) == 3
+        await conn.close()
+
+        await asyncio.to_thread(migrate.upgrade, dsn, "0005")
+        conn = await asyncpg.connect(dsn)
+        assert [r["frame"] for r in await conn.fetch(FRAMES)] == before
+        first = await conn.fetch("SELECT epoch FROM event_log_epoch")
+        assert len(first) == 1 and first[0]["epoch"] is not None
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("INSERT INTO event_log_epoch DEFAULT VALUES")
+        await conn.close()
+
+        await asyncio.to_thread(migrate.downgrade, dsn, "0004")
+        conn = await asyncpg.connect(dsn)
+        assert await conn.fetchval("SELECT to_regclass('event_log_epoch')") is None
+        assert [r["frame"] for r in await conn.fetch(FRAMES)] == before
+        await conn.close()
+
+        await asyncio.to_thread(migrate.upgrade, dsn, "0005")
+        conn = await asyncpg.connect(dsn)
+        second = await conn.fetchval("SELECT epoch FROM event_log_epoch")
+        assert second != first[0]["epoch"]
+    finally:
+        if conn is not None:
+            await conn.close()
+        await pg.drop_database(name)
+
+
 #: The revision before the hardened capture path (sql/v6): what a rolling upgrade starts from.
-BEFORE_V3 = "0004"
+BEFORE_V3 = "0005"
 
 
 async def test_capture_v3_upgrade_keeps_every_event_and_downgrades(pg: PgServer) -> None:

@@ -3,14 +3,14 @@
 Why each: docs/adr/0006-capture-path-hardening.md (issue 11).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-03
 """
 
 from migrations.sqlfiles import run_sql_files
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

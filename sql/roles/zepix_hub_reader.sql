@@ -57,6 +57,10 @@ GRANT SELECT ON TABLE
     events, event_retention, trades, logs, event_stats, event_log_status, alembic_version
     TO zepix_hub_reader;
 
+-- event_log_epoch (migration 0005): the log's identity, read with every
+-- position the hub hands out and every resume it checks.
+GRANT SELECT ON TABLE event_log_epoch TO zepix_hub_reader;
+
 -- Every replay and catch-up read renders frames with this function. PUBLIC has
 -- EXECUTE by default; the explicit grant survives a DBA revoking that.
 GRANT EXECUTE ON FUNCTION
