@@ -366,8 +366,19 @@ async def test_logs_are_append_only_except_for_pruning(dsn: str, db: asyncpg.Con
                         await conn.execute(change)
                     if conn is db or "TRUNCATE" not in change:  # the bot is not granted TRUNCATE at all
                         assert "no client would see" in str(refused.value), (change, refused.value)
+            # The ways around: the pruning mark set by hand (only the owner's DELETE passes with it), an upsert,
+            # a MERGE (PostgreSQL 15+), both of which fire the UPDATE/DELETE statement triggers.
+            await bot.execute("SET zepix_hub.pruning_logs = 'on'")
+            for change in ("DELETE FROM logs WHERE msg = 'old'",
+                           "INSERT INTO logs (id, level, msg) SELECT id, 'INFO', 'x' FROM logs LIMIT 1 "
+                           "ON CONFLICT (id) DO UPDATE SET msg = 'rewritten'",
+                           "MERGE INTO logs USING (SELECT 1) AS s ON true WHEN MATCHED THEN DELETE"):
+                with pytest.raises(asyncpg.FeatureNotSupportedError, match="no client would see"):
+                    await bot.execute(change)
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await bot.execute("SELECT hub_prune_logs_v1(interval '7 days')")
+            with pytest.raises(asyncpg.InvalidParameterValueError, match="non-negative"):
+                await pruner.execute("SELECT hub_prune_logs_v1(interval '-1 day')")
             assert await pruner.fetchval("SELECT hub_prune_logs_v1(interval '7 days')") == 1
         finally:
             await bot.close()
