@@ -383,7 +383,7 @@ async def _repeated(bench: Bench, scenario: str, make: Callable[[str], Coroutine
 
 
 async def _drop_commit_lock(dsn: str) -> bool:
-    """Diagnostic S6 variant: the hub's triggers without the commit-order advisory lock (NOT correct: seq
+    """Diagnostic S6 variant: the hub's triggers without the commit-order lock (NOT correct: seq
     order would no longer be commit order). It tells the lock's serialisation apart from the triggers' work."""
     conn = await asyncpg.connect(dsn)
     try:
@@ -391,7 +391,9 @@ async def _drop_commit_lock(dsn: str) -> bool:
         if oid is None:
             return False
         body = await conn.fetchval("SELECT pg_get_functiondef($1::oid)", oid)
-        stripped = re.sub(r"PERFORM\s+pg_advisory_xact_lock\(\s*\d+\s*\);", "", body)
+        # v3 locks a table, v2 and v1 took an advisory lock.
+        stripped = re.sub(r"LOCK TABLE zepix_hub\.commit_order IN EXCLUSIVE MODE;|"
+                          r"PERFORM\s+pg_advisory_xact_lock\(\s*\d+\s*\);", "", body)
         if stripped == body:
             return False
         await conn.execute(stripped)  # pg_get_functiondef renders CREATE OR REPLACE FUNCTION
