@@ -86,13 +86,14 @@ class Hub:
         if committed is not None:
             self.metrics.latency.observe(max(0.0, time.time() - committed))
 
-    def _log_reset(self, dispatched: int, head: int) -> None:
-        """The event log was restored to an earlier point under the listener: the clients hold seqs that the
-        database no longer has, or has for other events. Close them 4410: they reload from a snapshot."""
-        log.error("event %d, the last this hub dispatched, is gone from the log or different, or the retention "
-                  "floor passed it (a restore or failover, with or without the fence in docs/dba.md, or pruning "
-                  "past what this hub had sent): closing %d client(s) 4410 so they reload; live again from "
-                  "head %d", dispatched, len(self.manager), head)
+    def _log_reset(self, dispatched: int, head: int, why: str) -> None:
+        """The event log was restored to an earlier point or replaced under the listener: the clients hold
+        seqs that the database no longer has, or has for other events. Close them 4410: they reload from a
+        snapshot (which carries the log's epoch now)."""
+        log.error("%s (a restore or failover, with or without the fence in docs/dba.md, a rebuilt database, or "
+                  "pruning past what this hub had sent; last dispatched %d): closing %d client(s) 4410 so they "
+                  "reload; live again from head %d, epoch %s", why, dispatched, len(self.manager), head,
+                  self.listener.epoch)
         self.head_hint = head
         for client in self.manager.clients:
             client.request_close(CLOSE_LOG_RESET, "event log restored to an earlier point; reload", override=True)

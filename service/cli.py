@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, HubError, UnknownTopicError
-from .frames import parse_seq
+from .frames import parse_epoch, parse_seq
 from .settings import LOG_LEVELS, Settings, display_host, load_settings
 
 log = logging.getLogger("service.cli")
@@ -62,6 +62,13 @@ def _positive_float(text: str) -> float:
 def _since(text: str) -> int:
     try:
         return parse_seq(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _epoch(text: str) -> str:
+    try:
+        return parse_epoch(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -289,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="JWT (default: HUB_TOKEN, or a dev token)")
     p.add_argument("--topics", default=None, help="comma-separated topics (default: all)")
     p.add_argument("--since", type=_since, default=None, help="resume after this seq")
+    p.add_argument("--epoch", type=_epoch, default=None,
+                   help="the log's epoch that goes with --since (printed when tail connects); "
+                        "resuming into another log then reloads instead of replaying")
     p.add_argument("--json", action="store_true", help="print raw JSON frames")
 
     add("doctor", _lazy("service.doctor", "cmd_doctor"), "Check the database, migrations, triggers and keys.")

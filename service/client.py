@@ -20,6 +20,10 @@ Failures:
 - a close 4410 (the hub found its event log restored to an earlier point)
   reconnects without `since` and then yields `Resumed(recovered=False)`: the
   seqs we hold may name other events now, so reload state from /api/snapshot;
+- every resume sends the log's `epoch` with `since` (the one the hub gave with
+  the seqs we hold: welcome, replayed, or the constructor's `epoch`): after a
+  restore fence or a rebuilt database the hub answers `Resumed(recovered=False,
+  reason="event log replaced")` instead of replaying another log;
 - every other close (1001 hub restarting, 1006 connection lost, 1011, 1012,
   1013 database unavailable, 4008 too slow, ...), refused or timed-out
   connections and 5xx handshake answers are retried forever (or `max_attempts`
@@ -50,7 +54,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .errors import HubError
-from .frames import CLOSE_LOG_RESET, MAX_SEQ
+from .frames import CLOSE_LOG_RESET, MAX_SEQ, parse_epoch
 from .topics import parse_topics
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,7 @@ RETRYABLE_HTTP: Final = frozenset({408, 425, 429})
 _FATAL_ADVICE: Final = {
     4001: "get a new token",
     4003: "use a token that allows these topics, or connect from an allowed origin",
-    4400: "check the topics and since parameters",
+    4400: "check the topics, since and epoch parameters",
 }
 
 
@@ -120,6 +124,7 @@ class Connected:
     resume: bool  # True when we asked to resume (a `Resumed` follows)
     since: int | None  # the since we asked for
     reconnect: bool  # False for the first connection of this client
+    epoch: str | None = None  # the epoch of the log `head` belongs to (None from a hub before migration 0005)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,7 @@ class Resumed:
     count: int
     recovered: bool
     reason: str | None
+    epoch: str | None = None  # the log's epoch as the hub read it for this resume
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,13 +207,17 @@ class HubClient:
     (so a long-running client can hand out fresh tokens). Sent as a Bearer header.
     `topics`: topic names (default: everything the token allows).
     `since`: resume after this seq on the first connection (default: start live).
+    `epoch`: the log's epoch that goes with `since` (from the snapshot or the
+    response `since` came from); a resume into another log then reloads instead
+    of replaying. Without it the hub takes `since` at its word, as before.
 
     Raises ValueError (bad url or since) or UnknownTopicError (bad topic) at
     construction; while iterating, HubRejected or HubUnavailable (see the module docstring).
     """
 
     def __init__(self, url: str, token: str | Callable[[], str], *, topics: Iterable[str] | None = None,
-                 since: int | None = None, backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 since: int | None = None, epoch: str | None = None, backoff_base: float = 0.5,
+                 backoff_cap: float = 30.0,
                  max_attempts: int | None = None, stable_after: float = 5.0, open_timeout: float = 10.0,
                  ping_interval: float | None = 20.0, close_timeout: float = 2.0,
                  max_frame_bytes: int = 16 * 1024 * 1024) -> None:
@@ -216,11 +226,16 @@ class HubClient:
             _check_token(token)
         if since is not None and (isinstance(since, bool) or not 0 <= since <= MAX_SEQ):
             raise ValueError(f"since must be a non-negative integer, not {since!r}")
+        if epoch is not None:
+            if since is None:
+                raise ValueError("epoch goes with since: it names the log that seq belongs to")
+            epoch = parse_epoch(epoch)
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 (or None to retry forever)")
         self.topics: frozenset[str] | None = parse_topics(topics) if topics is not None else None
         self._token = token
         self._cursor: int | None = since
+        self._epoch: str | None = epoch  # the log _cursor belongs to; None: unknown (sent without one)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._max_attempts = max_attempts
@@ -240,6 +255,11 @@ class HubClient:
         """The seq the next connection resumes from: the last event yielded, or the head the hub
         reported (nothing on our topics was missed up to there); None before the first welcome."""
         return self._cursor
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the log `last_seq` belongs to, sent with it on the next resume; None if unknown."""
+        return self._epoch
 
     @property
     def closed(self) -> bool:
@@ -271,6 +291,8 @@ class HubClient:
             query["topics"] = ",".join(sorted(self.topics))
         if self._cursor is not None:
             query["since"] = str(self._cursor)
+            if self._epoch is not None:
+                query["epoch"] = self._epoch
         return self.url + ("?" + urlencode(query, safe=",") if query else "")
 
     async def _open(self) -> ClientConnection:
@@ -317,6 +339,7 @@ class HubClient:
                 opened = loop.time()
                 asked_since = self._cursor
                 welcome_head: int | None = None
+                welcome_epoch: str | None = None
                 refusal: str | None = None  # the error frame a refusing hub sends before closing
                 try:
                     while True:
@@ -338,23 +361,24 @@ class HubClient:
                             item = self._event(frame, raw)
                         elif kind == "welcome":
                             welcome_head = _as_int(frame.get("head"), 0)
+                            welcome_epoch = _as_epoch(frame.get("epoch"))
                             if self._cursor is None:
                                 # Live frames start after this head: nothing on our topics is missing below.
-                                self._cursor = welcome_head
+                                self._cursor, self._epoch = welcome_head, welcome_epoch
                             item = Connected(
                                 session=str(frame.get("session", "")), head=welcome_head,
                                 oldest=_as_int(frame.get("oldest"), 0),
                                 topics=tuple(str(t) for t in frame.get("topics") or ()),
                                 resume=bool(frame.get("resume")), since=asked_since,
-                                reconnect=self._connections > 0)
+                                reconnect=self._connections > 0, epoch=welcome_epoch)
                             self._connections += 1
                             if self._reset_since is not None and asked_since is None:
                                 yield item
                                 item = Resumed(since=self._reset_since, head=welcome_head, count=0,
-                                               recovered=False, reason="event log reset")
+                                               recovered=False, reason="event log reset", epoch=welcome_epoch)
                                 self._reset_since = None
                         elif kind == "replayed":
-                            item = self._replayed(frame, welcome_head)
+                            item = self._replayed(frame, welcome_head, welcome_epoch)
                         elif kind == "error":
                             refusal = str(frame.get("message") or frame.get("code") or "")
                             log.warning("hub error frame: %s", refusal)
@@ -374,7 +398,7 @@ class HubClient:
                 return
             if code == CLOSE_LOG_RESET and self._cursor is not None:
                 # Resuming could look successful and skip events that reuse seqs we saw: start live instead.
-                self._reset_since, self._cursor = self._cursor, None
+                self._reset_since, self._cursor, self._epoch = self._cursor, None, None
             failures = 0 if stable else failures + 1
             if self._max_attempts is not None and failures >= self._max_attempts:
                 raise HubUnavailable(failures, _reason_text(code, reason))
@@ -398,20 +422,22 @@ class HubClient:
         return Event(topic=str(frame.get("topic", "")), seq=seq, ts=str(frame.get("ts", "")),
                      data=data if isinstance(data, dict) else {}, raw=raw)
 
-    def _replayed(self, frame: dict[str, Any], welcome_head: int | None) -> Resumed:
+    def _replayed(self, frame: dict[str, Any], welcome_head: int | None, welcome_epoch: str | None) -> Resumed:
         since = _as_int(frame.get("since"), 0)
         head = _as_int(frame.get("head"), 0)
         recovered = frame.get("recovered") is True
+        epoch = _as_epoch(frame.get("epoch"))
         if recovered:
-            # The hub delivered everything on our topics up to `head`.
+            # The hub delivered everything on our topics up to `head`, from the log `epoch` names.
             self._cursor = max(self._cursor or 0, head)
+            self._epoch = epoch or self._epoch
         elif welcome_head is not None:
             # Nothing was replayed; live frames continue after the welcome's head, which may be
             # below our old position (a reset log), so the duplicate filter restarts from there.
-            self._cursor = welcome_head
+            self._cursor, self._epoch = welcome_head, welcome_epoch
         reason = frame.get("reason")
         return Resumed(since=since, head=head, count=_as_int(frame.get("count"), 0), recovered=recovered,
-                       reason=str(reason) if reason is not None else None)
+                       reason=str(reason) if reason is not None else None, epoch=epoch)
 
 
 def _parse(raw: str) -> dict[str, Any] | None:
@@ -424,6 +450,16 @@ def _parse(raw: str) -> dict[str, Any] | None:
 
 def _as_int(value: object, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _as_epoch(value: object) -> str | None:
+    """An epoch from a frame; None from a hub that sends none (before migration 0005) or a malformed one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_epoch(value)
+    except ValueError:
+        return None
 
 
 def _close_of(exc: ConnectionClosed) -> tuple[int, str]:

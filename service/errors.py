@@ -25,12 +25,15 @@ class UnknownTopicError(HubError):
 
 
 class ResumeGone(HubError):
-    """A client asked to resume from before the retention floor (or after the head of a reset log)."""
+    """A client asked to resume from before the retention floor, after the head of a reset log, or with the
+    epoch of another log (`replaced`). `epoch` is the log's own: the one a reloaded client resumes with."""
 
-    def __init__(self, message: str, *, oldest: int, head: int) -> None:
+    def __init__(self, message: str, *, oldest: int, head: int, epoch: str, replaced: bool = False) -> None:
         super().__init__(message)
         self.oldest = oldest
         self.head = head
+        self.epoch = epoch
+        self.replaced = replaced
 
 
 class DatabaseSetupError(HubError):

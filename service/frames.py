@@ -8,6 +8,7 @@ control frames and the live-only sys_status and connection notifications.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,19 @@ def parse_seq(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_SEQ:
         raise ValueError(f"since must be a non-negative integer (a seq), not {text[:40]!r}")
     return int(text)
+
+
+_EPOCH = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def parse_epoch(text: str) -> str:
+    """The log's epoch as a client sends it back (`epoch` in a URL or on the command line); ValueError if it
+    is not one. A UUID in its usual 36-character form, either case; returned in lower case, as the hub sends it.
+    """
+    if len(text) != 36 or not text.isascii() or not _EPOCH.fullmatch(text.lower()):
+        raise ValueError(f"epoch must be the log's epoch as the hub sent it (a UUID such as "
+                         f"'3f2c8a9e-1b7d-4c52-9a1e-6d0f4b8e2c71'), not {text[:40]!r}")
+    return text.lower()
 
 
 CLOSE_NORMAL = 1000

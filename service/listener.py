@@ -34,7 +34,7 @@ import asyncpg
 from .database import connect
 from .frames import Frame
 from .settings import Settings
-from .store import EventStore, StoredEvent
+from .store import EventStore, Position, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ CHANNEL = "zepix_hub_events"
 class Listener:
     def __init__(self, dsn: str, store: EventStore, settings: Settings, *,
                  dispatch: Callable[[Frame], None], on_state: Callable[[bool], None],
-                 on_reset: Callable[[int, int], None]) -> None:
+                 on_reset: Callable[[int, int, str], None]) -> None:
         self._dsn = dsn
         self._store = store
         self._settings = settings
@@ -56,13 +56,17 @@ class Listener:
         self._needs_read = False
         self._heard = False  # a notification arrived since the last safety-net tick
         self.last_seq = 0
+        #: The epoch of the log last_seq belongs to (None until the start position is read). Updated with
+        #: last_seq, never alone, so a welcome's head and epoch always name one log.
+        self.epoch: str | None = None
         self._last_frame: str | None = None  # the frame of last_seq as dispatched (None: not known yet)
         self.up = False
         self.first_up = asyncio.Event()  # set once the first LISTEN and catch-up succeeded
 
     async def start_position(self) -> None:
         """Begin at the current head: older events reach clients through resume, not live."""
-        self.last_seq = (await self._store.position()).head
+        pos = await self._store.position()
+        self.last_seq, self.epoch = pos.head, pos.epoch
 
     # -- asyncpg callbacks: plain functions, so asyncpg calls them in order; they only record --------
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
@@ -139,11 +143,18 @@ class Listener:
 
         Each read starts at last_seq itself, so every read also checks that the event this hub dispatched
         last is still the log's event of that seq (see _rewound): one row more per read, no extra query.
+        The same statement reads the log's epoch: rows of another epoch (a restore fence, a rebuilt
+        database) are never dispatched, whatever their seqs.
         """
         self._needs_read = False  # a notification arriving during the read sets it again: read once more
         page = self._settings.replay_page
         while True:
-            rows = await self._store.read_live(conn, self.last_seq, page + 1)
+            epoch, rows = await self._store.read_live(conn, self.last_seq, page + 1)
+            if self.epoch is None:
+                self.epoch = epoch
+            elif epoch is not None and epoch != self.epoch:
+                await self._reset(conn, f"the log's epoch changed from {self.epoch} to {epoch}")
+                continue
             if self.last_seq and not self._still_ours(rows) and await self._rewound(conn, rows):
                 continue  # the position moved to the head: read from there
             for ev in rows:
@@ -177,9 +188,17 @@ class Listener:
         pos = await self._store.position_on(conn)
         if not (rows and rows[0].seq == self.last_seq) and pos.floor == self.last_seq:
             return False
-        rewound_from, self.last_seq, self._last_frame = self.last_seq, pos.head, None
-        self._on_reset(rewound_from, pos.head)
+        self._restart_at(pos, f"event {self.last_seq}, the last this hub dispatched, is gone from the log or "
+                              "different, or the retention floor passed it")
         return True
+
+    async def _reset(self, conn: asyncpg.Connection, why: str) -> None:
+        self._restart_at(await self._store.position_on(conn), why)
+
+    def _restart_at(self, pos: Position, why: str) -> None:
+        """Go on from the head of the log as it is now, with its epoch (head and epoch from one read)."""
+        rewound_from, self.last_seq, self.epoch, self._last_frame = self.last_seq, pos.head, pos.epoch, None
+        self._on_reset(rewound_from, pos.head, why)
 
     def _emit(self, frame: Frame) -> None:
         assert frame.seq is not None

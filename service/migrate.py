@@ -145,6 +145,11 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def known_revisions() -> set[str]:
+    """Every revision this hub knows, head included."""
+    return {r.revision for r in ScriptDirectory.from_config(alembic_config()).iterate_revisions("head", "base")}
+
+
 async def current_revision(conn: asyncpg.Connection) -> str | None:
     """The revision the database is at, or None if it was never migrated."""
     exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
@@ -175,3 +180,9 @@ def require_migrated(dsn: str) -> None:
     if revision is None:
         raise DatabaseSetupError("the database is not migrated and HUB_AUTO_MIGRATE is false: "
                                  "run zepix-hub migrate first")
+    head = head_revision()
+    if revision != head and revision in known_revisions():
+        # This hub's queries need what the newer migrations create (event_log_epoch since 0005). A database
+        # ahead of the hub is fine: old code keeps working across a migration (versioned SQL functions).
+        raise DatabaseSetupError(f"the database is at migration {revision}, this hub needs {head}, and "
+                                 "HUB_AUTO_MIGRATE is false: run zepix-hub migrate first")

@@ -2,7 +2,7 @@
 
 Client mistakes get a 4xx with a reason, never a 500: 401 for a missing or bad
 token, 403 for a topic the token does not allow, 410 for a `since` that is no
-longer retained, 422 for malformed parameters.
+longer retained or an `epoch` that is not the log's, 422 for malformed parameters.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .app import STATIC_DIR, Hub
 from .auth import Principal
 from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
-from .frames import MAX_SEQ
+from .frames import MAX_SEQ, parse_epoch
 from .session import Session
 from .topics import LOG_STREAM, PERSISTED_TOPICS, TRADE_UPDATE, parse_topics
 
@@ -29,10 +29,14 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+EPOCH_DOC = "The event log's epoch: a seq names an event only within it (docs/protocol.md, Resume)."
+
+
 class GoneBody(BaseModel):
     detail: str
     oldest: int
     head: int
+    epoch: str = Field(description=EPOCH_DOC)
 
 
 class EventFrame(BaseModel):
@@ -48,11 +52,13 @@ class EventsPage(BaseModel):
     next_since: int
     head: int
     oldest: int
+    epoch: str = Field(description=EPOCH_DOC)
 
 
 class SnapshotBody(BaseModel):
     head: int
     oldest: int
+    epoch: str = Field(description=EPOCH_DOC)
     open_trades: list[dict[str, Any]]
     closed_trades: list[dict[str, Any]]
     logs: list[dict[str, Any]]
@@ -86,15 +92,23 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/api/events", response_model=EventsPage,
-            responses={**AUTH_ERRORS, 410: {"model": GoneBody, "description": "since is no longer retained"}})
+            responses={**AUTH_ERRORS, 410: {"model": GoneBody, "description": (
+                "since is no longer retained, or epoch is not the log's: reload from /api/snapshot")}})
 async def replay(
     hub: HubDep,
     who: PrincipalDep,
     since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with seq > since")],
     topics: Annotated[str | None, Query(max_length=200, description="Comma-separated topics")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    epoch: Annotated[str | None, Query(description=(
+        "The epoch that goes with since (from a snapshot, a page, welcome or replayed); another log's epoch "
+        "is answered 410. Without it since is taken at its word (clients before epochs)."))] = None,
 ) -> Response:
-    """Events after `since`, in seq order, shaped like the live frames."""
+    """Events after `since`, in seq order, shaped like the live frames, with the log's `epoch`."""
+    try:
+        wanted_epoch = parse_epoch(epoch) if epoch is not None else None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     try:
         wanted = parse_topics(topics) if topics is not None else who.topics & PERSISTED_TOPICS
         who.check_topics(wanted)
@@ -103,12 +117,13 @@ async def replay(
     except ForbiddenTopicError as exc:
         raise HTTPException(403, str(exc)) from None
     try:
-        page = await hub.store.read_page(since, wanted & PERSISTED_TOPICS, limit)
+        page = await hub.store.read_page(since, wanted & PERSISTED_TOPICS, limit, wanted_epoch)
     except ResumeGone as exc:
-        return JSONResponse({"detail": str(exc), "oldest": exc.oldest, "head": exc.head}, status_code=410)
-    # Frames are JSON already (rendered by the database): splice, don't re-encode.
+        return JSONResponse({"detail": str(exc), "oldest": exc.oldest, "head": exc.head, "epoch": exc.epoch},
+                            status_code=410)
+    # Frames are JSON already (rendered by the database): splice, don't re-encode. The epoch is a UUID.
     body = (f'{{"events":[{",".join(e.frame for e in page.events)}],"next_since":{page.next_since},'
-            f'"head":{page.position.head},"oldest":{page.position.oldest}}}')
+            f'"head":{page.position.head},"oldest":{page.position.oldest},"epoch":"{page.position.epoch}"}}')
     return Response(body, media_type="application/json")
 
 
@@ -116,12 +131,12 @@ async def replay(
 async def snapshot(hub: HubDep, who: PrincipalDep) -> Response:
     """Open trades, recent closed trades and log lines, with the `head` seq of the same database snapshot.
 
-    Render this, then connect with since=head: no gap, no double.
+    Render this, then connect with since=head&epoch=epoch: no gap, no double, no other log.
     """
     snap = await hub.store.snapshot(hub.settings.snapshot_logs)
     trades_ok, logs_ok = TRADE_UPDATE in who.topics, LOG_STREAM in who.topics
     body = (
-        f'{{"head":{snap.head},"oldest":{snap.oldest},'
+        f'{{"head":{snap.head},"oldest":{snap.oldest},"epoch":"{snap.epoch}",'
         f'"open_trades":[{",".join(snap.open_trades) if trades_ok else ""}],'
         f'"closed_trades":[{",".join(snap.closed_trades) if trades_ok else ""}],'
         f'"logs":[{",".join(snap.logs) if logs_ok else ""}],'

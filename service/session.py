@@ -35,6 +35,7 @@ from .frames import (
     PONG,
     control,
     error,
+    parse_epoch,
     parse_seq,
 )
 from .topics import PERSISTED_TOPICS, SYS_STATUS, parse_topics
@@ -161,18 +162,28 @@ class Session:
         except (UnknownTopicError, ValueError) as exc:
             code = "unknown_topic" if isinstance(exc, UnknownTopicError) else "invalid_since"
             return await self._refuse(CLOSE_BAD_REQUEST, code.replace("_", " "), error(code, str(exc)).text)
+        raw_epoch = ws.query_params.get("epoch")
+        epoch: str | None = None
+        if raw_epoch is not None:
+            try:
+                if since is None:
+                    raise ValueError("epoch goes with since (resume with since=<seq>&epoch=<epoch>); "
+                                     "a connection without since starts live and needs none")
+                epoch = parse_epoch(raw_epoch)
+            except ValueError as exc:
+                return await self._refuse(CLOSE_BAD_REQUEST, "invalid epoch", error("invalid_epoch", str(exc)).text)
 
-        head = hub.listener.last_seq
+        head, log_epoch = hub.listener.last_seq, hub.listener.epoch
         client = Client(
             settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope), direct=direct_of(ws.scope),
             topics=topics, delivered=head,
         )
         welcome = control(
             "welcome", session=client.id, sub=principal.subject, topics=sorted(topics), head=head,
-            oldest=hub.oldest_hint, heartbeat_s=settings.heartbeat_s, resume=since is not None,
+            epoch=log_epoch, oldest=hub.oldest_hint, heartbeat_s=settings.heartbeat_s, resume=since is not None,
             expires_at=int(principal.expires_at), server=f"zepix-hub/{__version__}",
         )
-        client.prelude = lambda c: self._prelude(c, since, welcome.text)
+        client.prelude = lambda c: self._prelude(c, since, epoch, welcome.text)
         self.client = client
         # No await between reading head and registering: an event dispatched meanwhile would reach nobody.
         # From here on live frames queue up; the sender task writes the welcome (and replay) first.
@@ -182,8 +193,14 @@ class Session:
                  ",".join(sorted(topics)), since is not None, extra={"conn": client.id})
         return True
 
-    async def _prelude(self, client: Client, since: int | None, welcome: str) -> None:
-        """Runs in the sender task before live frames: welcome, latest sys_status, then the resume replay."""
+    async def _prelude(self, client: Client, since: int | None, epoch: str | None, welcome: str) -> None:
+        """Runs in the sender task before live frames: welcome, latest sys_status, then the resume replay.
+
+        The replay is checked against the client's epoch (or, for a client that sent none, the epoch of
+        the log when the replay began) in every page's snapshot: it comes from one log, the one named in
+        the `replayed` frame, however long the listener has been away or wherever it stands. If that is
+        not the log the listener follows, the listener finds out on its next read and closes us 4410.
+        """
         hub = self.hub
         await client.send_now(welcome)
         latest = hub.heartbeat.latest
@@ -200,7 +217,8 @@ class Session:
         try:
             pos = await hub.store.position()
             cap = hub.settings.resume_cap
-            gone = since < pos.floor or since > pos.head
+            replaced = epoch is not None and epoch != pos.epoch
+            gone = replaced or since < pos.floor or since > pos.head
             too_many = (not gone and bool(persisted)
                         and await hub.store.count_after(since, persisted, cap + 1) > cap)
             if gone or too_many:
@@ -208,15 +226,16 @@ class Session:
                 # up to pos.head that the listener dispatches only now would be noise, so skip them.
                 client.delivered = max(live_from, pos.head)
                 hub.metrics.resumed(False, 0)
+                reason = ("event log replaced" if replaced else
+                          "too many missed events" if too_many else "since not retained")
                 await client.send_now(control("replayed", since=since, head=pos.head, count=0, recovered=False,
-                                              reason="too many missed events" if too_many else "since not retained"
-                                              ).text)
+                                              reason=reason, epoch=pos.epoch).text)
                 return
             if persisted:
                 page = hub.settings.replay_page
                 batch: list[str] = []
                 last = client.delivered
-                async for ev in hub.store.iter_after(since, persisted, page):
+                async for ev in hub.store.iter_after(since, persisted, page, epoch=pos.epoch):
                     if client.close_request is not None:
                         return  # closing (4001, 1008, 4008, 1001...): the sender closes once we return
                     batch.append(ev.frame)
@@ -232,11 +251,12 @@ class Session:
                     client.delivered = last
             if count == 0:
                 client.delivered = max(live_from, since)
-        except ResumeGone as exc:  # pruned while we read
+        except ResumeGone as exc:  # pruned or fenced while we read
             client.delivered = max(client.delivered if count else live_from, exc.head)
             hub.metrics.resumed(False, count)
+            reason = "event log replaced during replay" if exc.replaced else "pruned during replay"
             await client.send_now(control("replayed", since=since, head=exc.head, count=count,
-                                          recovered=False, reason="pruned during replay").text)
+                                          recovered=False, reason=reason, epoch=exc.epoch).text)
             return
         except DATABASE_UNAVAILABLE as exc:
             client.request_close(CLOSE_TRY_AGAIN, f"database unavailable; retry with since={client.delivered}")
@@ -244,7 +264,7 @@ class Session:
             return
         hub.metrics.resumed(True, count)
         await client.send_now(control("replayed", since=since, head=max(client.delivered, since), count=count,
-                                      recovered=True).text)
+                                      recovered=True, epoch=pos.epoch).text)
 
     def _arm_expiry(self, principal: Principal) -> None:
         if self._expiry is not None:

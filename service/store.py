@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from .errors import ResumeGone
+from .errors import DatabaseSetupError, ResumeGone
 from .topics import PERSISTED_TOPICS
 
 QUERIES_FILE = Path(__file__).resolve().parent.parent / "sql" / "queries.sql"
@@ -36,11 +36,15 @@ Q = load_queries()
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """Where the log stands: newest seq, oldest retained seq, and the retention floor."""
+    """Where the log stands: newest seq, oldest retained seq, the retention floor, and which log it is.
+
+    `epoch` names the log (table event_log_epoch, migration 0005): a seq means something only within it.
+    """
 
     head: int
     oldest: int
     floor: int
+    epoch: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class Page:
 class Snapshot:
     head: int
     oldest: int
+    epoch: str
     open_trades: list[str]  # JSON texts
     closed_trades: list[str]
     logs: list[str]
@@ -76,8 +81,15 @@ ORDERED_WALK = "SET LOCAL enable_bitmapscan = off"
 READ_TIMEOUT_S = 30.0
 
 
-def _position(row: asyncpg.Record) -> Position:
-    return Position(head=int(row["head"]), oldest=int(row["oldest"]), floor=int(row["pruned_through"]))
+NO_EPOCH = ("the event log has no epoch (table event_log_epoch is empty): run sql/ops/fence_after_restore.sql "
+            "as the owner, which gives it one")
+
+
+def _position(row: asyncpg.Record | None) -> Position:
+    if row is None:  # the CROSS JOIN with event_log_epoch found no row
+        raise DatabaseSetupError(NO_EPOCH)
+    return Position(head=int(row["head"]), oldest=int(row["oldest"]), floor=int(row["pruned_through"]),
+                    epoch=str(row["epoch"]))
 
 
 def _topic_filter(topics: Iterable[str] | None) -> list[str] | None:
@@ -98,16 +110,19 @@ class EventStore:
         async with self._pool.acquire() as conn:
             return _position(await conn.fetchrow(Q["log_position"]))
 
-    async def read_page(self, since: int, topics: Iterable[str] | None, limit: int) -> Page:
-        """Events with seq > since on `topics` (None = all), at most `limit`, checked against the floor.
+    async def read_page(self, since: int, topics: Iterable[str] | None, limit: int,
+                        epoch: str | None = None) -> Page:
+        """Events with seq > since on `topics` (None = all), at most `limit`, checked against the floor
+        and, when given, the epoch: all of it from one snapshot, so the events are the named log's.
 
         Raises ResumeGone when `since` is below the retention floor or above the
-        head (a log that was reset): the caller must reload state, never replay a part.
+        head (a log that was reset), or `epoch` is not the log's (a restore fence,
+        a rebuilt database): the caller must reload state, never replay a part.
         """
         wanted = _topic_filter(topics)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             pos = _position(await conn.fetchrow(Q["log_position"]))
-            check_resumable(since, pos)
+            check_resumable(since, pos, epoch)
             if wanted is None:
                 rows = await conn.fetch(Q["events_after"], since, limit)
             elif wanted:
@@ -126,19 +141,27 @@ class EventStore:
         return _position(await conn.fetchrow(Q["log_position"], timeout=READ_TIMEOUT_S))
 
     @staticmethod
-    async def read_live(conn: asyncpg.Connection, since: int, limit: int) -> list[StoredEvent]:
+    async def read_live(conn: asyncpg.Connection, since: int,
+                        limit: int) -> tuple[str | None, list[StoredEvent]]:
         """The listener's read, on its own connection (one round trip, no pool hand-over on the live path):
-        all topics from `since` on, `since` itself included (it proves the log was not replaced under the
-        listener). No floor check: the listener is at the head."""
-        rows = await conn.fetch(Q["events_after"], since - 1, limit, timeout=READ_TIMEOUT_S)
-        return [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
+        the log's epoch and all topics from `since` on, `since` itself included (it proves the log was not
+        replaced under the listener), from one snapshot. The epoch is None when no event came back (there
+        is then nothing to dispatch from this read). No floor check: the listener is at the head."""
+        rows = await conn.fetch(Q["events_live"], since - 1, limit, timeout=READ_TIMEOUT_S)
+        if not rows:
+            return None, []
+        if rows[0]["epoch"] is None:
+            raise DatabaseSetupError(NO_EPOCH)
+        return str(rows[0]["epoch"]), [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
 
     async def iter_after(self, since: int, topics: Iterable[str] | None, page: int,
-                         until: int | None = None) -> AsyncIterator[StoredEvent]:
-        """Every event after `since` (up to `until` if given), page by page, each page floor-checked."""
+                         until: int | None = None, epoch: str | None = None) -> AsyncIterator[StoredEvent]:
+        """Every event after `since` (up to `until` if given), page by page, each page checked against the
+        floor and the epoch (`epoch`, else the first page's), so a fence in the middle ends the replay."""
         cursor = since
         while True:
-            result = await self.read_page(cursor, topics, page)
+            result = await self.read_page(cursor, topics, page, epoch)
+            epoch = result.position.epoch
             for ev in result.events:
                 if until is not None and ev.seq > until:
                     return
@@ -167,23 +190,29 @@ class EventStore:
             closed_rows = await conn.fetch(Q["recent_closed_trades"], closed_trades)
             log_rows = await conn.fetch(Q["recent_logs"], log_lines)
         return Snapshot(
-            head=pos.head, oldest=pos.oldest,
+            head=pos.head, oldest=pos.oldest, epoch=pos.epoch,
             open_trades=[r[0] for r in open_rows],
             closed_trades=[r[0] for r in closed_rows],
             logs=[r[0] for r in reversed(log_rows)],
         )
 
 
-def check_resumable(since: int, pos: Position) -> None:
+def check_resumable(since: int, pos: Position, epoch: str | None = None) -> None:
+    if epoch is not None and epoch != pos.epoch:
+        raise ResumeGone(
+            f"epoch {epoch} is not this event log's (it was restored or replaced; its epoch is now {pos.epoch}): "
+            "your seqs may name other events here; reload state from /api/snapshot",
+            oldest=pos.oldest, head=pos.head, epoch=pos.epoch, replaced=True,
+        )
     if since < pos.floor:
         raise ResumeGone(
             f"events after {since} were pruned; oldest retained is {pos.oldest}: reload state from /api/snapshot",
-            oldest=pos.oldest, head=pos.head,
+            oldest=pos.oldest, head=pos.head, epoch=pos.epoch,
         )
     if since > pos.head:
         raise ResumeGone(
             f"since={since} is ahead of the log's head {pos.head} (was the database reset?): reload state",
-            oldest=pos.oldest, head=pos.head,
+            oldest=pos.oldest, head=pos.head, epoch=pos.epoch,
         )
 
 

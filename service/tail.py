@@ -139,7 +139,8 @@ def describe(item: Connected | Resumed | Reconnecting, url: str) -> str:
     """The stderr line for a connection event."""
     if isinstance(item, Connected):
         verb = "reconnected to" if item.reconnect else "connected to"
-        return f"{verb} {url} (head seq {item.head}; topics {', '.join(item.topics)})"
+        epoch = f", epoch {item.epoch}" if item.epoch else ""
+        return f"{verb} {url} (head seq {item.head}{epoch}; topics {', '.join(item.topics)})"
     if isinstance(item, Resumed):
         if item.recovered:
             return f"resumed from seq {item.since}: {_plural(item.count, 'missed event')}"
@@ -188,7 +189,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         live_url(url)  # a malformed URL is reported as such, before a token is looked for in it
         token = resolve_token(args.token, url, settings)
         topics = parse_topics(args.topics) if args.topics is not None else None
-        client = HubClient(url, token, topics=topics, since=args.since)
+        client = HubClient(url, token, topics=topics, since=args.since, epoch=args.epoch)
     except UnknownTopicError as exc:
         raise ConfigError(f"--topics: {exc}") from None
     except ValueError as exc:

@@ -3,9 +3,23 @@
 -- $1, $2, ... by values). None of them writes, except prune_batch.
 
 -- name: log_position
--- head, oldest retained seq and retention floor; read in the same snapshot as
--- the events a caller is about to read, so a prune cannot slip in between.
-SELECT head, oldest, pruned_through FROM event_log_status;
+-- head, oldest retained seq, retention floor and the log's epoch; read in the
+-- same snapshot as the events a caller is about to read, so neither a prune
+-- nor a restore fence (which replaces the epoch) can slip in between.
+SELECT s.head, s.oldest, s.pruned_through, e.epoch::text AS epoch
+  FROM event_log_status AS s CROSS JOIN event_log_epoch AS e;
+
+-- name: events_live
+-- The listener's read: events_after plus the log's epoch, in one statement,
+-- so the events are known to belong to that epoch. The epoch is an
+-- uncorrelated subquery, evaluated once (an InitPlan); no rows, no epoch,
+-- and nothing to dispatch either.
+SELECT (SELECT epoch::text FROM event_log_epoch) AS epoch,
+       seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
+  FROM events
+ WHERE seq > $1
+ ORDER BY seq
+ LIMIT $2;
 
 -- name: events_after
 -- Events after seq $1, in seq order, at most $2, rendered as client frames.

@@ -426,6 +426,50 @@ async def test_page_reloads_when_the_hub_finds_its_log_restored(browser: Browser
     assert dash.errors(allow_network=True) == []
 
 
+async def test_page_resumes_with_the_log_epoch_and_reloads_from_a_rebuilt_log(
+        browser: Browser, hub: RunningHub, pg: PgServer, db: asyncpg.Connection) -> None:
+    """The page keeps the snapshot's epoch and sends it on every resume. The database is rebuilt while the
+    hub's listener is away (so no 4410 can help), and the page, cut off meanwhile, resumes from seq 6, which
+    the new log also has: it must reload, and show the new database's trades before the listener is back."""
+    dash = await open_dashboard(browser, hub.http, hub.token(sub="operator"))
+    await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'OLD' || g, 'BUY', 1 "
+                     "FROM generate_series(1, 6) g")
+    await caught_up(dash, db)
+    old = await db.fetchval("SELECT epoch::text FROM event_log_epoch")
+    assert await dash.page.evaluate("window.zepix.epoch") == old
+    async with listener_cut_off(pg.admin_dsn, db):
+        async with db.transaction():
+            await db.execute("SET LOCAL session_replication_role = replica")  # a restore fires no triggers
+            await db.execute("DELETE FROM trades")
+        await db.execute(REBUILD_LOG)
+        await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'NEW' || g, 'SELL', 2 "
+                         "FROM generate_series(1, 8) g")
+        new = await db.fetchval("SELECT epoch::text FROM event_log_epoch")
+        await hub.hub.manager.close_all(4008, "too slow; resume with since=6")
+        await dash.wait_js("window.zepix.state.connection.reloads >= 1")
+        assert f"since=6&epoch={old}" in dash.ws_urls[-1]
+        await dash.wait_js(f"window.zepix.epoch === '{new}' && window.zepix.lastSeq === 8")
+        shown = {t["id"] for t in await dash.page.evaluate("window.zepix.openTrades()")}
+        assert shown == {r["id"] for r in await db.fetch("SELECT id FROM trades")} and len(shown) == 8
+    # The listener comes back to another log: 4410, and the page reloads once more into the same state.
+    await dash.wait_js("window.zepix.state.connection.closeCodes.includes(4410)")
+    await dash.wait_js("window.zepix.state.connection.reloads >= 2")
+    await caught_up(dash, db)
+    assert f"epoch={new}" in dash.ws_urls[-1]
+    shown = {t["id"] for t in await dash.page.evaluate("window.zepix.openTrades()")}
+    assert shown == {r["id"] for r in await db.fetch("SELECT id FROM trades")}
+    assert dash.errors(allow_network=True) == []
+
+
+#: A rebuilt database (dropped and migrated again): a new log, numbered from 1, with its own epoch.
+REBUILD_LOG = """
+DELETE FROM events;
+SELECT setval('events_seq', 1, false);
+UPDATE event_retention SET pruned_through = 0, pruned_at = NULL;
+UPDATE event_log_epoch SET epoch = gen_random_uuid(), started_at = now();
+"""
+
+
 async def test_dashboard_screenshot(browser: Browser, hub: RunningHub, db: asyncpg.Connection) -> None:
     await db.execute("""
         INSERT INTO trades (symbol, side, order_type, quantity, filled_quantity, entry_price, fill_price,

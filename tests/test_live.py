@@ -247,7 +247,7 @@ async def test_resume_on_some_topics_only(hub: RunningHub, db: asyncpg.Connectio
             if frame["type"] == "event" and frame["topic"] != "sys_status":
                 frames.append(frame["seq"])
         assert frames == [1, 4] and frame == {"type": "replayed", "since": 0, "head": 4, "count": 2,
-                                               "recovered": True}
+                                               "recovered": True, "epoch": hub.hub.listener.epoch}
 
 
 async def test_resume_past_the_cap_or_retention_is_not_recovered(dsn: str, db: asyncpg.Connection) -> None:

@@ -168,7 +168,8 @@ async def test_hub_runs_as_a_reader_only_login(db: asyncpg.Connection, logins: L
                 missed = await recv_json(ws)
                 assert (missed["seq"], missed["data"]["op"], missed["data"]["changed"]) == (3, "UPDATE", ["status"])
                 replayed = await recv_json(ws)
-                assert replayed == {"type": "replayed", "since": 2, "head": 3, "count": 1, "recovered": True}
+                assert replayed == {"type": "replayed", "since": 2, "head": 3, "count": 1, "recovered": True,
+                                    "epoch": hub.hub.listener.epoch}
 
             async with httpx.AsyncClient(base_url=hub.http, timeout=10,
                                          headers={"Authorization": f"Bearer {token}"}) as http:
@@ -416,9 +417,9 @@ async def test_openapi_documents_the_http_api(hub: RunningHub) -> None:
         spec = (await http.get("/openapi.json")).json()
     events = spec["paths"]["/api/events"]["get"]
     assert {"200", "401", "403", "410", "422"} <= set(events["responses"])
-    assert {"since", "topics", "limit"} <= {p["name"] for p in events["parameters"]}
+    assert {"since", "topics", "limit", "epoch"} <= {p["name"] for p in events["parameters"]}
     gone = events["responses"]["410"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
-    assert set(spec["components"]["schemas"][gone]["required"]) == {"detail", "oldest", "head"}
+    assert set(spec["components"]["schemas"][gone]["required"]) == {"detail", "oldest", "head", "epoch"}
     snapshot = spec["paths"]["/api/snapshot"]["get"]
     assert {"200", "401", "403"} <= set(snapshot["responses"])
     assert {"/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
@@ -481,7 +482,8 @@ def test_asyncapi_document_structure() -> None:
     channel = doc["channels"]["live"]
     assert channel["address"] == "/ws/live"
     binding = channel["bindings"]["ws"]
-    assert binding["method"] == "GET" and set(binding["query"]["properties"]) == {"token", "topics", "since"}
+    assert binding["method"] == "GET" and set(binding["query"]["properties"]) == {"token", "topics", "since",
+                                                                                          "epoch"}
     close_codes = {v for k, v in vars(frames).items() if k.startswith("CLOSE_") and k != "CLOSE_NORMAL"}
     assert set(channel["x-close-codes"]) == {str(c) for c in close_codes}
     assert all(str(code) in channel["description"] for code in close_codes)

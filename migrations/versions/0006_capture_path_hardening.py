@@ -1,6 +1,6 @@
 """Capture path v3: its own schema, a lock no login can take, seq-only NOTIFY, durable commits, guarded logs.
 
-Why each: docs/adr/0006-capture-path-hardening.md (issue 11).
+Why each: docs/adr/0007-capture-path-hardening.md (issue 11).
 
 Revision ID: 0006
 Revises: 0005

@@ -5,6 +5,9 @@
  * applied one (seq null frames always apply), and on a reconnect resume with
  * since=<last applied seq>. A `replayed` frame with recovered=false means the
  * hub cannot fill the gap: reload the snapshot and continue from its head.
+ * Every resume also sends epoch=<the log's epoch, from the snapshot>: a seq
+ * names an event only within one log, and after a restore fence or a rebuilt
+ * database the hub answers recovered=false instead of replaying another log.
  *
  * Plain browser JavaScript, no build step, no dependencies.
  */
@@ -32,6 +35,7 @@
   const state = {
     token: null,
     lastSeq: null,       // seq of the last applied persisted event
+    epoch: null,         // the event log lastSeq belongs to (from the snapshot; sent back on every resume)
     open: new Map(),     // trade id (string) -> trade row
     closed: [],          // newest first
     status: null,        // latest sys_status data
@@ -679,8 +683,10 @@
   }
 
   function renderSnapshot(snap) {
-    if (state.lastSeq !== null && snap.head < state.lastSeq) {
-      // The event log went backwards (a restored or new database): old log lines no longer line up.
+    const epoch = typeof snap.epoch === 'string' ? snap.epoch : null;
+    if (state.lastSeq !== null && (snap.head < state.lastSeq || epoch !== state.epoch)) {
+      // The event log went backwards or is another one (a restored or new database): old log lines
+      // no longer line up.
       $('log-list').textContent = '';
       logs.queue = [];
       state.maxLogId = 0;
@@ -702,6 +708,7 @@
     }
     if (snap.status) applyStatus(snap.status);
     state.lastSeq = snap.head;
+    state.epoch = epoch;
     $('stat-seq').textContent = `#${snap.head}`;
   }
 
@@ -738,6 +745,7 @@
     const url = new URL('ws/live', document.baseURI);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     url.search = `?since=${encodeURIComponent(String(state.lastSeq ?? 0))}`;
+    if (state.epoch) url.search += `&epoch=${encodeURIComponent(state.epoch)}`;
     return url.toString();
   }
 
@@ -998,11 +1006,13 @@
   // A read-only window for tests and for operators poking at the console.
   window.zepix = Object.freeze({
     get lastSeq() { return state.lastSeq; },
+    get epoch() { return state.epoch; },
     openTradeIds() { return [...state.open.values()].map((t) => t.id); },
     openTrades() { return [...state.open.values()].map((t) => ({ id: t.id, status: t.status })); },
     get state() {
       return JSON.parse(JSON.stringify({
         lastSeq: state.lastSeq,
+        epoch: state.epoch,
         applied: state.applied,
         ignored: state.ignored,
         connection: state.conn,

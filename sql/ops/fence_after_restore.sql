@@ -27,6 +27,8 @@ SELECT setval('events_seq', greatest(coalesce((SELECT max(seq) FROM events), 0),
                                      (SELECT pruned_through FROM event_retention),
                                      (SELECT last_value FROM events_seq)) + 1000000000);
 UPDATE event_retention SET pruned_through = (SELECT last_value FROM events_seq), pruned_at = now();
-UPDATE event_log_epoch SET epoch = gen_random_uuid(), started_at = now();
+-- An upsert, so the fence also repairs a log whose epoch row was deleted.
+INSERT INTO event_log_epoch DEFAULT VALUES
+    ON CONFLICT (id) DO UPDATE SET epoch = gen_random_uuid(), started_at = now();
 SELECT hub_notify('warning', 'Database restored', 'Live data was reloaded after a database restore');
 COMMIT;

@@ -1,4 +1,4 @@
--- Schema zepix_hub: the capture path's own namespace (docs/adr/0006-capture-path-hardening.md).
+-- Schema zepix_hub: the capture path's own namespace (docs/adr/0007-capture-path-hardening.md).
 --
 -- Before this migration the SECURITY DEFINER capture functions ran with
 -- search_path = public, pg_temp and called pg_advisory_xact_lock(2053468265)
