@@ -397,7 +397,7 @@ async def _drop_commit_lock(dsn: str) -> bool:
                 continue
             body = await conn.fetchval("SELECT pg_get_functiondef($1::oid)", oid)
             # v3 locks a table, v2 and v1 took an advisory lock.
-            stripped = re.sub(r"LOCK TABLE zepix_hub\.commit_order IN EXCLUSIVE MODE;|"
+            stripped = re.sub(r"LOCK TABLE zepix_hub\.commit_order IN SHARE UPDATE EXCLUSIVE MODE;|"
                               r"PERFORM\s+pg_advisory_xact_lock\(\s*\d+\s*\);", "", body)
             if stripped != body:
                 await conn.execute(stripped)  # pg_get_functiondef renders CREATE OR REPLACE FUNCTION

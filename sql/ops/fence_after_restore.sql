@@ -22,7 +22,7 @@
 -- The commit-order lock is zepix_hub.commit_order since migration 0006 (it
 -- was advisory lock 2053468265 before); the owner or a superuser runs this.
 BEGIN;
-LOCK TABLE zepix_hub.commit_order IN EXCLUSIVE MODE;
+LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE MODE;
 SELECT setval('events_seq', greatest(coalesce((SELECT max(seq) FROM events), 0),
                                      (SELECT pruned_through FROM event_retention),
                                      (SELECT last_value FROM events_seq)) + 1000000000);

@@ -41,17 +41,25 @@ REVOKE ALL ON SCHEMA zepix_hub FROM PUBLIC;
 COMMENT ON SCHEMA zepix_hub IS
     'zepix-hub''s capture path: functions and the commit-order lock. Only the owner may create here; no other role needs any privilege.';
 
--- The commit-order lock. Every append takes it in EXCLUSIVE mode at COMMIT
--- (hub_append_event_v3). It replaces advisory lock 2053468265, which any
+-- The commit-order lock. Every append takes it in SHARE UPDATE EXCLUSIVE mode
+-- at COMMIT (hub_append_event_v3): the weakest mode that conflicts with
+-- itself. A stronger one (EXCLUSIVE) works the same but makes every
+-- acquisition scan all backends' fast-path lock slots (PostgreSQL does that
+-- for "strong" relation locks): 18,000 instructions more per append, and more
+-- with more connections (docs/benchmarks.md). It replaces advisory lock 2053468265, which any
 -- login could take and hold, stalling every commit of the bot (a COMMIT does
 -- not time out). Taking a lock on this table needs a privilege on it (LOCK
 -- TABLE: UPDATE, DELETE, TRUNCATE or ownership; SELECT ... FOR SHARE: UPDATE)
 -- and, to name it, USAGE on zepix_hub: no role but the owner has either.
 -- A role may still open it by oid (pg_relation_size(oid) takes ACCESS SHARE
--- without a privilege check): ACCESS SHARE does not conflict with EXCLUSIVE.
+-- without a privilege check): ACCESS SHARE does not conflict with it. VACUUM
+-- and ANALYZE take the same mode; only the owner, a superuser and roles with
+-- MAINTAIN (PostgreSQL 17+: pg_maintain) may run them on this table, and an
+-- autovacuum of a table that is never written is a rare, instant
+-- anti-wraparound pass.
 -- The table holds no rows and no columns; nothing ever writes it, so nothing
 -- vacuums it beyond the rare anti-wraparound pass, which takes milliseconds.
 CREATE TABLE zepix_hub.commit_order ();
 REVOKE ALL ON TABLE zepix_hub.commit_order FROM PUBLIC;
 COMMENT ON TABLE zepix_hub.commit_order IS
-    'The commit-order lock: hub_append_event_v3 takes LOCK TABLE zepix_hub.commit_order IN EXCLUSIVE MODE before drawing a seq. Never lock it yourself outside sql/ops/.';
+    'The commit-order lock: hub_append_event_v3 takes LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE MODE before drawing a seq. Never lock it yourself outside sql/ops/.';

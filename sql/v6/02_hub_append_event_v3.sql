@@ -3,8 +3,8 @@
 -- The invariant is that of _v1 and _v2 (seq order is commit order, see
 -- docs/adr/0001-commit-ordered-seq.md); three things differ:
 --
--- * The lock is LOCK TABLE zepix_hub.commit_order IN EXCLUSIVE MODE, which
---   only the owner can take (sql/v6/01_schema.sql), instead of advisory lock
+-- * The lock is LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE
+--   MODE (self-conflicting), which only the owner can take (sql/v6/01_schema.sql), instead of advisory lock
 --   2053468265, which every login can. Same semantics: held until the
 --   transaction ends, released after the commit is visible.
 --
@@ -44,7 +44,7 @@ BEGIN
        AND pg_catalog.current_setting('synchronous_commit') OPERATOR(pg_catalog.<>) 'remote_apply' THEN
         PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
     END IF;
-    LOCK TABLE zepix_hub.commit_order IN EXCLUSIVE MODE;
+    LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE MODE;
     v_seq := pg_catalog.nextval('public.events_seq'::pg_catalog.regclass);
 
     INSERT INTO public.events (seq, topic, op, source_table, source_id, payload, created_at)

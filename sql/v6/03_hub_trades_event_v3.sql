@@ -62,7 +62,7 @@ BEGIN
     IF v_sync <> 'on' AND v_sync <> 'remote_apply' THEN
         PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
     END IF;
-    LOCK TABLE zepix_hub.commit_order IN EXCLUSIVE MODE;
+    LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE MODE;
     v_seq := pg_catalog.nextval('public.events_seq'::pg_catalog.regclass);
     INSERT INTO public.events (seq, topic, op, source_table, source_id, payload, created_at)
     VALUES (v_seq, 'trade_update', TG_OP, 'trades', NEW.id::pg_catalog.text, v_payload,

@@ -3,7 +3,7 @@
 -- draws from the same events_seq, so the log continues gap-free.
 -- Same lock order as the upgrade (01_schema.sql).
 LOCK TABLE public.trades, public.logs IN ACCESS EXCLUSIVE MODE;
-LOCK TABLE zepix_hub.commit_order IN EXCLUSIVE MODE;
+LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE MODE;
 
 DROP TRIGGER trades_event_v3 ON public.trades;
 DROP TRIGGER logs_event_v3 ON public.logs;
