@@ -11,8 +11,8 @@
 --
 -- The common case (one event per row) appends inline, the same five steps as
 -- hub_append_event_v3 in the same order: a call to it costs about 26,000
--- instructions per event (docs/benchmarks.md), a tenth of the capture path,
--- which pays for the one table lock that only the owner can take. The rare
+-- instructions per event (docs/benchmarks.md), an eighth of what the capture
+-- path adds to a bare INSERT. The rare
 -- cases (an id change, a DELETE) call it. Keep the two in step; the tests in
 -- tests/test_dbsec.py run every path.
 CREATE FUNCTION zepix_hub.hub_trades_event_v3()
