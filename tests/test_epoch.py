@@ -18,7 +18,7 @@ from service.errors import ResumeGone
 from service.store import EventStore
 from tests.hubs import RunningHub, connect, listener_cut_off, recv_json, recv_until
 from tests.pg import PgServer
-from tests.test_cli import NO_DB, assert_usage_error, cli, cli_env
+from tests.test_cli import NO_DB, assert_usage_error, cli, cli_env, read_line_until, spawn
 from tests.test_client import events, next_of
 from tests.test_ops import _validators
 
@@ -227,22 +227,25 @@ async def test_resume_while_the_listener_is_away_is_checked_against_the_log_it_r
         await db.execute(REBUILD)
         await _logs(db, "new ", 10)
         new = await _epoch(db)
+        # One resume at a time: the database refuses new connections, so the hub has only the pool's open one.
         stale = await connect(f"{hub.ws}?token={token}&topics=log_stream&since=6&epoch={old}")
-        fresh = await connect(f"{hub.ws}?token={token}&topics=log_stream&since=8&epoch={new}")
+        fresh = None
         try:
             assert (await recv_json(stale))["epoch"] == old  # the listener has not seen the new log yet
             replayed = await recv_until(stale, lambda f: f["type"] == "replayed")
             assert (replayed["recovered"], replayed["reason"], replayed["epoch"]) == (
                 False, "event log replaced", new)
 
+            fresh = await connect(f"{hub.ws}?token={token}&topics=log_stream&since=8&epoch={new}")
             await recv_json(fresh)
             got = [(await recv_until(fresh, _is_event_with_seq))["data"]["msg"] for _ in range(2)]
             assert got == ["new 9", "new 10"]
             replayed = await recv_until(fresh, lambda f: f["type"] == "replayed")
             assert (replayed["recovered"], replayed["epoch"]) == (True, new)
         except BaseException:
-            await asyncio.gather(stale.close(), fresh.close())
+            await asyncio.gather(*(ws.close() for ws in (stale, fresh) if ws is not None))
             raise
+    assert fresh is not None
     try:
         for ws in (stale, fresh):
             with pytest.raises(ConnectionClosed) as info:
@@ -329,6 +332,29 @@ def test_hub_client_refuses_a_malformed_epoch_and_one_without_since() -> None:
         HubClient("http://127.0.0.1:1", "t", since=1, epoch="nope")
     with pytest.raises(ValueError, match="epoch goes with since"):
         HubClient("http://127.0.0.1:1", "t", epoch="3f2c8a9e-1b7d-4c52-9a1e-6d0f4b8e2c71")
+
+
+async def test_tail_prints_the_epoch_and_resumes_with_the_one_it_is_given(
+        hub: RunningHub, db: asyncpg.Connection, tmp_path: Path) -> None:
+    await _logs(db, "old ", 6)
+    old = await _epoch(db)
+    await _replace(db, "rebuilt")
+    new = await _epoch(db)
+    assert new != old
+    env = cli_env(hub.settings.database_url or "", tmp_path)
+    args = ("tail", "--url", hub.http, "--token", hub.token(), "--topics", "log_stream", "--since", "6")
+    procs = [await spawn(env, *args, "--epoch", old), await spawn(env, *args, "--epoch", new)]
+    try:
+        stale, current = (p.stderr for p in procs)
+        assert stale is not None and current is not None
+        await read_line_until(stale, r"^-- connected to .*\(head seq \d+, epoch [0-9a-f-]{36}; topics log_stream\)$")
+        await read_line_until(stale, r"^-- could not recover: event log replaced; events after seq 6 were missed")
+        await read_line_until(current, r"^-- resumed from seq 6: 4 missed events$")
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 async def test_tail_refuses_a_malformed_epoch_and_one_without_since(tmp_path: Path) -> None:
