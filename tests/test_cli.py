@@ -198,9 +198,10 @@ async def test_doctor_passes_on_a_good_database_and_explains_failures(
 
     assert good.code == 0, good
     lines = good.out.splitlines()
-    for check in ("JWT key", "database", "migrations", "triggers", "LISTEN/NOTIFY", "NOTIFY queue"):
+    for check in ("JWT key", "database", "migrations", "triggers", "schema privileges", "LISTEN/NOTIFY",
+                  "NOTIFY queue"):
         assert any(line.startswith("OK") and f"  {check}: " in line for line in lines), (check, good.out)
-    assert "all 9 checks passed" in good.out
+    assert "all 10 checks passed" in good.out
     assert "fix:" not in good.out
 
     assert missing.code == 1, missing
@@ -213,7 +214,7 @@ async def test_doctor_passes_on_a_good_database_and_explains_failures(
     assert unmigrated.code == 1, unmigrated
     assert re.search(r"^FAIL  migrations: the database was never migrated", unmigrated.out, re.M)
     assert "fix: run: zepix-hub migrate" in unmigrated.out
-    assert re.search(r"^FAIL  triggers: missing: trades_event_v2 on trades", unmigrated.out, re.M)
+    assert re.search(r"^FAIL  triggers: missing: trades_event_v3 on trades", unmigrated.out, re.M)
     assert re.search(r"^OK    LISTEN/NOTIFY: round trip", unmigrated.out, re.M)
 
 
@@ -362,11 +363,11 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPa
 
 async def test_doctor_spots_a_disabled_trigger(db: asyncpg.Connection) -> None:
     assert (await check_triggers(db)).status == "OK"
-    await db.execute("ALTER TABLE logs DISABLE TRIGGER logs_event_v2")
+    await db.execute("ALTER TABLE logs DISABLE TRIGGER logs_event_v3")
     result = await check_triggers(db)
     assert (result.status, result.detail) == (
-        "FAIL", "disabled: logs_event_v2 on logs (changes to those tables reach no client)")
-    assert result.fix == "ALTER TABLE logs ENABLE TRIGGER logs_event_v2;"
+        "FAIL", "disabled: logs_event_v3 on logs (changes to those tables reach no client)")
+    assert result.fix == "ALTER TABLE logs ENABLE TRIGGER logs_event_v3;"
 
 
 def test_tail_token_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ async def _objects(dsn: str) -> dict[str, int]:
                 "SELECT count(*) FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"),
             "functions": await conn.fetchval(
                 "SELECT count(*) FROM pg_proc WHERE pronamespace='public'::regnamespace AND proname LIKE 'hub_%'"),
+            "capture functions": await conn.fetchval(
+                "SELECT count(*) FROM pg_proc JOIN pg_namespace AS n ON n.oid = pronamespace "
+                "WHERE n.nspname = 'zepix_hub'"),
             "triggers": await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"),
             "views": await conn.fetchval("SELECT count(*) FROM pg_views WHERE schemaname='public'"),
         }
@@ -31,13 +34,15 @@ async def test_upgrade_downgrade_upgrade_on_an_empty_database(pg: PgServer) -> N
     name = await pg.create_database()
     dsn = pg.dsn(name)
     try:
-        assert await _objects(dsn) == {"tables": 0, "functions": 0, "triggers": 0, "views": 0}
+        empty = {"tables": 0, "functions": 0, "capture functions": 0, "triggers": 0, "views": 0}
+        assert await _objects(dsn) == empty
         await asyncio.to_thread(migrate.upgrade, dsn)
         migrated = await _objects(dsn)
-        # v1's six functions stay beside v4's five (old code may still name them).
-        assert migrated == {"tables": 5, "functions": 11, "triggers": 2, "views": 2}
+        # v1's six functions stay beside v4's five (old code may still name them), with hub_prune_logs_v1;
+        # v6's capture path is in zepix_hub; two capture and two guard triggers; v5's event_log_epoch.
+        assert migrated == {"tables": 5, "functions": 12, "capture functions": 5, "triggers": 4, "views": 2}
         await asyncio.to_thread(migrate.downgrade, dsn, "base")
-        assert await _objects(dsn) == {"tables": 0, "functions": 0, "triggers": 0, "views": 0}
+        assert await _objects(dsn) == empty
         await asyncio.to_thread(migrate.upgrade, dsn)
         assert await _objects(dsn) == migrated
         conn = await asyncpg.connect(dsn)
@@ -60,8 +65,14 @@ async def test_every_table_column_view_and_function_is_commented(db: asyncpg.Con
            AND col_description(c.oid, coalesce(a.attnum, 0)) IS NULL
            AND (a.attnum IS NOT NULL OR obj_description(c.oid, 'pg_class') IS NULL)
         UNION ALL
+        SELECT c.relname FROM pg_class c
+         WHERE c.relnamespace = 'zepix_hub'::regnamespace AND obj_description(c.oid, 'pg_class') IS NULL
+        UNION ALL
         SELECT p.proname FROM pg_proc p
-         WHERE p.pronamespace = 'public'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
+         WHERE p.pronamespace IN ('public'::regnamespace, 'zepix_hub'::regnamespace)
+           AND obj_description(p.oid, 'pg_proc') IS NULL
+        UNION ALL
+        SELECT t.tgname FROM pg_trigger t WHERE NOT t.tgisinternal AND obj_description(t.oid, 'pg_trigger') IS NULL
         """)
     assert [r["object"] for r in missing] == []
 
@@ -118,7 +129,7 @@ async def test_capture_v2_upgrade_keeps_the_log_and_its_frames(pg: PgServer) -> 
         assert len(before) == 3
         await conn.close()
 
-        await asyncio.to_thread(migrate.upgrade, dsn)
+        await asyncio.to_thread(migrate.upgrade, dsn, "0004")
         conn = await asyncpg.connect(dsn)
         assert await conn.fetchval("SELECT format_type(atttypid, NULL) FROM pg_attribute "
                                    "WHERE attrelid = 'events'::regclass AND attname = 'payload'") == "json"
@@ -221,6 +232,72 @@ async def test_log_epoch_upgrade_keeps_every_event_and_the_downgrade_removes_it(
         conn = await asyncpg.connect(dsn)
         second = await conn.fetchval("SELECT epoch FROM event_log_epoch")
         assert second != first[0]["epoch"]
+    finally:
+        if conn is not None:
+            await conn.close()
+        await pg.drop_database(name)
+
+
+#: The revision before the hardened capture path (sql/v6): what a rolling upgrade starts from.
+BEFORE_V3 = "0005"
+
+
+async def test_capture_v3_upgrade_keeps_every_event_and_downgrades(pg: PgServer) -> None:
+    """BEFORE_V3 -> head -> BEFORE_V3 -> head on a log with events: no event is lost or renumbered, every
+    frame stays byte-for-byte, seqs continue gap-free on both paths, and each path notifies its own way
+    (frames before, the seq alone after)."""
+    name = await pg.create_database()
+    dsn = pg.dsn(name)
+    conn: asyncpg.Connection | None = None
+    heard: list[str] = []
+
+    async def write_and_hear(expected: int) -> list[str]:
+        assert conn is not None
+        heard.clear()
+        await conn.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('BTCUSDT', 'BUY', 1)")
+        await conn.execute("INSERT INTO logs (level, msg, source) VALUES ('ERROR', 'broker down', 'broker')")
+        await conn.execute("SELECT hub_notify('info', 'by hand')")
+        for _ in range(100):
+            if len(heard) == expected:
+                break
+            await asyncio.sleep(0.05)
+        return list(heard)
+
+    async def reconnect() -> asyncpg.Connection:
+        if conn is not None:
+            await conn.close()
+        new = await asyncpg.connect(dsn)
+        await new.add_listener("zepix_hub_events", lambda *args: heard.append(args[3]))
+        return new
+
+    try:
+        await asyncio.to_thread(migrate.upgrade, dsn, BEFORE_V3)
+        conn = await reconnect()
+        old_payloads = await write_and_hear(4)
+        before = [r["frame"] for r in await conn.fetch(FRAMES)]
+        assert old_payloads == before  # the old path sends frames
+
+        await asyncio.to_thread(migrate.upgrade, dsn)
+        conn = await reconnect()
+        assert [r["frame"] for r in await conn.fetch(FRAMES)] == before
+        assert await write_and_hear(4) == ["5", "6", "7", "8"]
+        after = [r["frame"] for r in await conn.fetch(FRAMES)]
+        assert after[:4] == before and [json.loads(f)["seq"] for f in after] == list(range(1, 9))
+
+        await asyncio.to_thread(migrate.downgrade, dsn, BEFORE_V3)
+        conn = await reconnect()
+        assert [r["frame"] for r in await conn.fetch(FRAMES)] == after
+        assert await conn.fetchval("SELECT to_regnamespace('zepix_hub')") is None
+        again = await write_and_hear(4)
+        assert [json.loads(f)["seq"] for f in again] == [9, 10, 11, 12]
+        await conn.execute("UPDATE logs SET msg = 'editable again' WHERE id = 1")  # v2 had no guard
+
+        await asyncio.to_thread(migrate.upgrade, dsn)
+        conn = await reconnect()
+        assert await write_and_hear(4) == ["13", "14", "15", "16"]
+        frames = [json.loads(r["frame"]) for r in await conn.fetch(FRAMES)]
+        assert [f["seq"] for f in frames] == list(range(1, 17))
+        assert [r["frame"] for r in await conn.fetch(FRAMES)][:8] == after
     finally:
         if conn is not None:
             await conn.close()

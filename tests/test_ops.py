@@ -143,7 +143,10 @@ async def test_hub_runs_as_a_reader_only_login(db: asyncpg.Connection, logins: L
                     "DELETE FROM events", "UPDATE event_retention SET pruned_through = 0",
                     "SELECT nextval('events_seq')", "SELECT hub_notify('info', 'forged')",
                     "SELECT hub_append_event_v1('log_stream', 'INSERT', NULL, NULL, '{}')",
-                    "SELECT hub_append_event_v2('log_stream', 'INSERT', NULL, NULL, '{}')"):
+                    "SELECT hub_append_event_v2('log_stream', 'INSERT', NULL, NULL, '{}')",
+                    "SELECT zepix_hub.hub_append_event_v3('log_stream', 'INSERT', NULL, NULL, '{}')",
+                    "SELECT hub_prune_logs_v1(interval '1 day')",
+                    "SELECT * FROM zepix_hub.commit_order"):
             await _denied(conn, sql)
     finally:
         await conn.close()
@@ -206,7 +209,11 @@ async def test_bot_writer_writes_trades_and_logs_but_not_events(db: asyncpg.Conn
                     "SELECT hub_append_event_v1('trade_update', 'INSERT', 'trades', '1', '{}')",
                     "SELECT hub_notify_v2('info', 'around the stable name')",
                     "SELECT hub_append_event_v2('trade_update', 'INSERT', 'trades', '1', '{}')",
-                    "TRUNCATE trades", "ALTER TABLE trades DISABLE TRIGGER trades_event_v2"):
+                    "SELECT zepix_hub.hub_notify_v3('info', 'around the stable name')",
+                    "SELECT zepix_hub.hub_append_event_v3('trade_update', 'INSERT', 'trades', '1', '{}')",
+                    "SELECT * FROM zepix_hub.commit_order",
+                    "UPDATE logs SET msg = 'rewritten'", "DELETE FROM logs", "SELECT hub_prune_logs_v1('0')",
+                    "TRUNCATE trades", "ALTER TABLE trades DISABLE TRIGGER trades_event_v3"):
             await _denied(bot, sql)
     finally:
         await bot.close()

@@ -3,8 +3,9 @@ freshly migrated database. Shared by both so they measure the same thing."""
 
 from __future__ import annotations
 
-#: The hub's capture path before migration 0004 (v1 functions, jsonb payloads), measured side by side.
-PREVIOUS_CAPTURE = "0003"
+#: The hub's capture path before migration 0006 (v2 functions in public, advisory lock, frame in the NOTIFY
+#: payload; 0005 only added the epoch table), measured side by side.
+PREVIOUS_CAPTURE = "0005"
 #: The bare trigger's channel: not the hub's, so no hub or reference server forwards it.
 BARE_CHANNEL = "zepix_bench_bare"
 

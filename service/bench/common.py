@@ -17,6 +17,10 @@ from typing import Any
 
 CHANNEL = "zepix_hub_events"  # the hub's NOTIFY channel; the baseline and the ceiling LISTEN on it too
 T_KEY = "bench_t"  # key of the writer's timestamp in logs.context
+#: Since migration 0006 the NOTIFY payload is the seq alone (LISTEN needs no privilege, so it carries no
+#: data): the baseline and the ceiling read the frames of the seqs they were told about, as the hub does.
+FRAMES_OF = ("SELECT hub_event_frame_v1(seq, topic, created_at, payload) FROM events "
+             "WHERE seq = ANY($1::bigint[]) ORDER BY seq")
 
 Command = dict[str, Any]
 Handler = Callable[[Command], Awaitable[dict[str, Any]]]

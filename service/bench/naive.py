@@ -20,7 +20,7 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from .common import CHANNEL, server_main
+from .common import CHANNEL, FRAMES_OF, server_main
 
 
 class ConnectionManager:
@@ -47,15 +47,17 @@ def create_app(dsn: str) -> FastAPI:
     manager = ConnectionManager()
     inbox: asyncio.Queue[str] = asyncio.Queue()
 
-    async def pump() -> None:
+    async def pump(conn: asyncpg.Connection) -> None:
         while True:
-            await manager.broadcast(await inbox.get())
+            # The payload is the seq (migration 0006): one read per notification, then the broadcast.
+            for (frame,) in await conn.fetch(FRAMES_OF, [int(await inbox.get())]):
+                await manager.broadcast(frame)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         conn = await asyncpg.connect(dsn)
         await conn.add_listener(CHANNEL, lambda _c, _p, _ch, payload: inbox.put_nowait(payload))
-        task = asyncio.create_task(pump())
+        task = asyncio.create_task(pump(conn))
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .capture import PREVIOUS_CAPTURE
 from .scenarios import CEILING, HUB, NAIVE, Run
 
 
@@ -239,10 +240,11 @@ def write_table(res: dict[str, Any]) -> list[str]:
         extra += f"{prev:>14,.0f}{prev / b:>11.2f}" if prev else f"{'-':>14}{'-':>11}"
         out.append(f"  {w:<8}{h:>16,.0f}{n:>16,.0f}{b:>16,.0f}{h / b:>10.2f}{h / n:>10.2f}{b / n:>11.2f}{extra}")
     if any(k.startswith("nolock/") for k in rates):
-        out.append("  * diagnostic only: the hub's triggers minus the commit-order advisory lock (not a correct "
+        out.append("  * diagnostic only: the hub's triggers minus the commit-order lock (not a correct "
                    "configuration); the gap to 'hub triggers' is the cost of serialising the commits")
     if any(k.startswith("previous/") for k in rates):
-        out.append("  previous hub: the capture path before migration 0004 (v1 functions, jsonb payloads)")
+        out.append(f"  previous hub: the capture path of migration {PREVIOUS_CAPTURE}, before 0006 (advisory lock, "
+                   "frame in the NOTIFY payload)")
     return out
 
 
@@ -415,7 +417,7 @@ def markdown(results: dict[str, Any], repeat: int, quick: bool) -> str:
     if s6 is not None:
         out += ["**S6** (inserts/s, median of rounds)", "",
                 "| writers | hub triggers | no triggers | bare NOTIFY | hub/bare | hub/none | hub without its lock* "
-                "| previous hub (0003) | previous/bare |",
+                f"| previous hub ({PREVIOUS_CAPTURE}) | previous/bare |",
                 "|---|---|---|---|---|---|---|---|---|"]
         rates = s6["rates"]
         for w in (1, 16):

@@ -63,6 +63,8 @@ from .report import (
 )
 from .scenarios import CEILING, HUB, NAIVE, TARGETS, Bench, Plan, Run, median_run
 
+#: The capture functions that take the commit-order lock themselves (migration 0006 appends inline).
+CAPTURE_TRIGGER_FUNCTIONS = ("zepix_hub.hub_trades_event_v3", "zepix_hub.hub_logs_event_v3")
 ALL = ("S1", "S2", "S3", "S4", "S5", "S6")
 EXTRA = ("S2D",)  # run only when named: S2 with permessage-deflate offered, as browsers do
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -383,19 +385,24 @@ async def _repeated(bench: Bench, scenario: str, make: Callable[[str], Coroutine
 
 
 async def _drop_commit_lock(dsn: str) -> bool:
-    """Diagnostic S6 variant: the hub's triggers without the commit-order advisory lock (NOT correct: seq
-    order would no longer be commit order). It tells the lock's serialisation apart from the triggers' work."""
+    """Diagnostic S6 variant: the hub's triggers without the commit-order lock (NOT correct: seq
+    order would no longer be commit order). It tells the lock's serialisation apart from the triggers' work.
+    Since migration 0006 the trigger functions take the lock inline too: it goes from every capture function."""
     conn = await asyncpg.connect(dsn)
     try:
-        oid = await conn.fetchval("SELECT to_regproc($1)::oid", APPEND_FUNCTION)
-        if oid is None:
-            return False
-        body = await conn.fetchval("SELECT pg_get_functiondef($1::oid)", oid)
-        stripped = re.sub(r"PERFORM\s+pg_advisory_xact_lock\(\s*\d+\s*\);", "", body)
-        if stripped == body:
-            return False
-        await conn.execute(stripped)  # pg_get_functiondef renders CREATE OR REPLACE FUNCTION
-        return True
+        stripped_any = False
+        for name in (APPEND_FUNCTION, *CAPTURE_TRIGGER_FUNCTIONS):
+            oid = await conn.fetchval("SELECT to_regproc($1)::oid", name)
+            if oid is None:
+                continue
+            body = await conn.fetchval("SELECT pg_get_functiondef($1::oid)", oid)
+            # v3 locks a table, v2 and v1 took an advisory lock.
+            stripped = re.sub(r"LOCK TABLE zepix_hub\.commit_order IN SHARE UPDATE EXCLUSIVE MODE;|"
+                              r"PERFORM\s+pg_advisory_xact_lock\(\s*\d+\s*\);", "", body)
+            if stripped != body:
+                await conn.execute(stripped)  # pg_get_functiondef renders CREATE OR REPLACE FUNCTION
+                stripped_any = True
+        return stripped_any
     finally:
         await conn.close()
 

@@ -18,8 +18,11 @@
 -- otherwise be taken at their word. After the fence, every resume that names
 -- the old epoch reloads, whatever its since, and the running hubs close their
 -- clients with 4410 so they reload too (docs/protocol.md).
+--
+-- The commit-order lock is zepix_hub.commit_order since migration 0006 (it
+-- was advisory lock 2053468265 before); the owner or a superuser runs this.
 BEGIN;
-SELECT pg_advisory_xact_lock(2053468265);
+LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE MODE;
 SELECT setval('events_seq', greatest(coalesce((SELECT max(seq) FROM events), 0),
                                      (SELECT pruned_through FROM event_retention),
                                      (SELECT last_value FROM events_seq)) + 1000000000);

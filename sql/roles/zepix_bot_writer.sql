@@ -20,7 +20,10 @@
 --     table would leave every dashboard showing trades that no longer exist.
 --   Ownership of trades/logs: an owner can ALTER TABLE ... DISABLE TRIGGER and
 --     make changes that reach no client. The tables belong to the migrating role.
---   Anything on events, event_retention, events_seq, hub_append_event_v1/_v2.
+--   Anything on events, event_retention, events_seq, hub_append_event_v1/_v2,
+--     or in schema zepix_hub (the capture path and its commit-order lock).
+--   UPDATE and DELETE on logs: it is an append-only journal; old lines go
+--     through hub_prune_logs_v1 (zepix_hub_pruner).
 
 DO $$
 BEGIN
@@ -43,8 +46,13 @@ $$;
 GRANT USAGE ON SCHEMA public TO zepix_bot_writer;
 
 -- SELECT too: UPDATE ... WHERE and DELETE ... WHERE read the rows they match,
--- and the bot reloads its open trades after a restart.
-GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE trades, logs TO zepix_bot_writer;
+-- and the bot reloads its open trades after a restart. logs is append-only
+-- (a trigger refuses UPDATE and DELETE for every role: no client would see
+-- them), so the bot gets no UPDATE or DELETE there; the REVOKE takes back
+-- what earlier versions of this script granted.
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE trades TO zepix_bot_writer;
+GRANT SELECT, INSERT ON TABLE logs TO zepix_bot_writer;
+REVOKE UPDATE, DELETE, TRUNCATE ON TABLE logs FROM zepix_bot_writer;
 
 -- The id columns are identity columns. A plain INSERT draws from their
 -- sequences without a privilege check; USAGE lets the bot call
@@ -75,6 +83,12 @@ REVOKE EXECUTE ON FUNCTION
     hub_trades_event_v2(),
     hub_logs_event_v2(),
     hub_notify_v2(text, text, text),
+    zepix_hub.hub_append_event_v3(text, text, text, text, json),
+    zepix_hub.hub_trades_event_v3(),
+    zepix_hub.hub_logs_event_v3(),
+    zepix_hub.hub_notify_v3(text, text, text),
+    zepix_hub.hub_refuse_change_v1(),
+    hub_prune_logs_v1(interval),
     hub_notify(text, text, text)
     FROM PUBLIC;
 

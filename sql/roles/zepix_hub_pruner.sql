@@ -45,3 +45,8 @@ GRANT USAGE ON SCHEMA public TO zepix_hub_pruner;
 -- the current floor (greatest(pruned_through, ...)).
 GRANT SELECT, DELETE ON TABLE events TO zepix_hub_pruner;
 GRANT SELECT, UPDATE ON TABLE event_retention TO zepix_hub_pruner;
+
+-- logs is append-only; hub_prune_logs_v1(interval) is the one way to delete
+-- old lines (it runs as the owner, past the guard that refuses every other
+-- DELETE). Their events stay until the event log is pruned as above.
+GRANT EXECUTE ON FUNCTION hub_prune_logs_v1(interval) TO zepix_hub_pruner;

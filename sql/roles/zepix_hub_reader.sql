@@ -85,6 +85,12 @@ REVOKE EXECUTE ON FUNCTION
     hub_trades_event_v2(),
     hub_logs_event_v2(),
     hub_notify_v2(text, text, text),
+    zepix_hub.hub_append_event_v3(text, text, text, text, json),
+    zepix_hub.hub_trades_event_v3(),
+    zepix_hub.hub_logs_event_v3(),
+    zepix_hub.hub_notify_v3(text, text, text),
+    zepix_hub.hub_refuse_change_v1(),
+    hub_prune_logs_v1(interval),
     hub_notify(text, text, text)
     FROM PUBLIC;
 
