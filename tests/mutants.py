@@ -93,8 +93,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="/readyz no longer reports a listener that lags behind the database",
     ),
     Mutation(
-        "notification-body-uncut", "sql/v4/05_hub_logs_event_v2.sql",
-        old="'body', left(NEW.msg, 500),",
+        "notification-body-uncut", "sql/v6/04_hub_logs_event_v3.sql",
+        old="'body', pg_catalog.left(NEW.msg, 500),",
         new="'body', NEW.msg,",
         tests=("tests/test_triggers.py::test_error_notification_body_is_cut_to_500_characters",),
         what="the notification body of an ERROR log line is no longer cut to 500 characters",
@@ -180,8 +180,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="a resume past HUB_RESUME_CAP replays everything instead of answering recovered: false",
     ),
     Mutation(
-        "commit-order-lock-removed", "sql/v4/03_hub_append_event_v2.sql",
-        old="    PERFORM pg_advisory_xact_lock(2053468265);\n",
+        "commit-order-lock-removed", "sql/v6/04_hub_logs_event_v3.sql",
+        old="    LOCK TABLE zepix_hub.commit_order IN SHARE UPDATE EXCLUSIVE MODE;\n",
         new="",
         tests=("tests/test_ordering.py::test_commit_order_lock_holds_a_later_commit_back",),
         what="the capture path no longer serialises commits: seq order is no longer commit order",
