@@ -113,8 +113,8 @@ def check_bind(settings: Settings) -> Result:
     if settings.tls:
         return ok(name, f"{settings.host} is reachable from the network, over TLS")
     return Result(name, "WARN", f"{settings.host} is reachable from the network",
-                  "put a TLS-terminating proxy in front: the hub speaks plain HTTP and WebSocket, "
-                  "so tokens would cross the network in clear")
+                  "put a TLS-terminating proxy in front (docs/deploy.md) or set HUB_TLS_CERT and HUB_TLS_KEY: "
+                  "without TLS, tokens would cross the network in clear")
 
 
 def check_tls(settings: Settings) -> Result:

@@ -200,7 +200,7 @@ async def test_doctor_passes_on_a_good_database_and_explains_failures(
     lines = good.out.splitlines()
     for check in ("JWT key", "database", "migrations", "triggers", "LISTEN/NOTIFY", "NOTIFY queue"):
         assert any(line.startswith("OK") and f"  {check}: " in line for line in lines), (check, good.out)
-    assert "all 9 checks passed" in good.out
+    assert "all 10 checks passed" in good.out
     assert "fix:" not in good.out
 
     assert missing.code == 1, missing
