@@ -140,8 +140,22 @@ async def test_nginx_config_in_front_of_two_hubs_moves_a_client_mid_stream_witho
             # The Origin allowlist holds through the proxy; a foreign page is refused.
             code, _ = await refused(url, ssl=trusting, origin=websockets.Origin("https://evil.example"))
             assert code == 4003
+            # nginx replaces a client's X-Forwarded-For with the address it saw; the hubs believe nginx (loopback,
+            # HUB_FORWARDED_ALLOW_IPS' default), so a forged one must not reach their logs as the client's.
             async with httpx.AsyncClient(verify=trusting, timeout=10) as client:
-                assert (await client.get(f"{public}/healthz")).status_code == 200
+                reply = await client.get(f"{public}/healthz", headers={"X-Forwarded-For": "203.0.113.9"})
+                assert reply.status_code == 200
+            deadline = time.monotonic() + 10  # hang guard: uvicorn logs the access after the response
+
+            def access() -> list[str]:
+                return [line for hub in hubs for line in hub.log_path.read_text().splitlines()
+                        if "GET /healthz" in line]
+
+            while not access():
+                assert time.monotonic() < deadline, "no hub logged the request"
+                await asyncio.sleep(0.05)
+            (line,) = access()
+            assert "203.0.113.9" not in line and "127.0.0.1:" in line, line
 
             total = 120
 
