@@ -18,7 +18,7 @@ from service.auth import mint
 from service.settings import load_settings
 from tests.certs import make_pki
 from tests.hubs import SECRET, HubProcess, connect, recv_json, recv_until
-from tests.test_cli import cli, cli_env
+from tests.test_cli import cli, cli_env, read_line_until, spawn
 
 
 async def started(proc: HubProcess, apps: int, within: float = 60) -> None:
@@ -156,3 +156,24 @@ async def test_forwarded_headers_are_believed_from_hub_forwarded_allow_ips_only(
     finally:
         for proc in (nobody, default):
             proc.terminate()
+
+
+async def test_tail_follows_a_tls_hub_by_its_settings(dsn: str, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """`zepix-hub tail` beside a hub with TLS (the same HUB_* settings, no --url) connects with wss://; the CA
+    comes from OpenSSL's usual SSL_CERT_FILE."""
+    pki = make_pki(tmp_path / "pki")
+    proc = HubProcess(dsn, tmp_path / "hub.log", args=("--tls-cert", str(pki.cert), "--tls-key", str(pki.key)))
+    proc.start()
+    try:
+        env = cli_env(dsn, tmp_path, HUB_TLS_CERT=str(pki.cert), HUB_TLS_KEY=str(pki.key), HUB_PORT=str(proc.port),
+                      HUB_TOKEN=_token(), SSL_CERT_FILE=str(pki.ca))
+        await db.execute("INSERT INTO trades (symbol, side, quantity) VALUES ('TAILUSDT', 'BUY', 1)")
+        tail = await spawn(env, "tail", "--topics", "trade_update", "--since", "0")
+        try:
+            assert tail.stdout is not None
+            await read_line_until(tail.stdout, "TAILUSDT", within=20)
+        finally:
+            tail.kill()
+            await tail.wait()
+    finally:
+        proc.terminate()
