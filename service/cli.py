@@ -149,11 +149,14 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
     from .server import HubServer, run_workers, uvicorn_config
+    from .tls import check_tls
 
     # --demo asks for dev mode unless HUB_DEV says otherwise (a demo feed beside a real key); --dev always.
     wants_dev = args.dev or (args.demo and not os.environ.get("HUB_DEV", "").strip())
     settings = _settings(host=args.host, port=args.port, dev=True if wants_dev else None,
-                         dev_allow_remote=True if args.allow_remote_dev else None)
+                         dev_allow_remote=True if args.allow_remote_dev else None,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+    check_tls(settings)  # a bad certificate or key: one line now, not a traceback from every worker later
     verification_key(settings)  # fail early on a missing key or an exposed dev mode, before starting a database
     dsn = _dsn(settings)
     from . import migrate
@@ -170,10 +173,12 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["HUB_DATA_DIR"] = str(settings.data_dir)
     os.environ["HUB_HOST"] = settings.host
     os.environ["HUB_PORT"] = str(settings.port)
+    for name, path in (("HUB_TLS_CERT", settings.tls_cert), ("HUB_TLS_KEY", settings.tls_key)):
+        os.environ[name] = str(path.resolve()) if path is not None else ""
     worker_settings = load_settings()
 
     def announce(port: int) -> None:
-        base = f"http://{display_host(settings.host)}:{port}/"
+        base = f"{'https' if settings.tls else 'http'}://{display_host(settings.host)}:{port}/"
         if settings.dev_mode:
             token = mint(settings, signing_key(settings), subject="dev-dashboard", ttl_s=DEV_TOKEN_TTL_S)
             print("\n    zepix-hub is live. Open the dashboard (dev token, valid 7 days):\n"
@@ -324,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="interface to bind (default HUB_HOST or 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port to bind (default HUB_PORT or 8000; 0 = any free port)")
     p.add_argument("--workers", type=_workers, default=1, help="worker processes (default 1, at most 256)")
+    p.add_argument("--tls-cert", default=None,
+                   help="PEM certificate (chain) to serve https:// and wss:// (default HUB_TLS_CERT); needs --tls-key")
+    p.add_argument("--tls-key", default=None,
+                   help="its unencrypted PEM private key (default HUB_TLS_KEY); needs --tls-cert")
     p.add_argument("--demo", action="store_true",
                    help="also run the simulated trading bot; implies --dev unless HUB_DEV is set")
     p.add_argument("--dev", action="store_true",

@@ -1,6 +1,6 @@
 """`zepix-hub doctor`: check what the hub needs, one line per check, each failure with its fix.
 
-Checks, in order: the security-relevant settings (dev mode, bind address,
+Checks, in order: the security-relevant settings (dev mode, bind address, TLS,
 audience check, JWT key and its strength), the database connection, the
 migration revision, the capture triggers and functions, who may create objects
 where the hub's functions look names up, a LISTEN/NOTIFY round trip, and the
@@ -113,9 +113,24 @@ def check_bind(settings: Settings) -> Result:
     name = "bind address"
     if settings.loopback:
         return ok(name, f"{settings.host} (loopback: reachable from this machine only)")
+    if settings.tls:
+        return ok(name, f"{settings.host} is reachable from the network, over TLS")
     return Result(name, "WARN", f"{settings.host} is reachable from the network",
-                  "put a TLS-terminating proxy in front: the hub speaks plain HTTP and WebSocket, "
-                  "so tokens would cross the network in clear")
+                  "put a TLS-terminating proxy in front (docs/deploy.md) or set HUB_TLS_CERT and HUB_TLS_KEY: "
+                  "without TLS, tokens would cross the network in clear")
+
+
+def check_tls(settings: Settings) -> Result:
+    from .tls import check_tls as load_pair
+
+    name = "TLS"
+    if not settings.tls:
+        return ok(name, "off: the hub serves http:// and ws:// (behind a TLS-terminating proxy, or on loopback)")
+    try:
+        load_pair(settings)
+    except ConfigError as exc:
+        return fail(name, str(exc), "point HUB_TLS_CERT and HUB_TLS_KEY at a readable PEM certificate and its key")
+    return ok(name, f"on: https:// and wss:// with {settings.tls_cert}")
 
 
 def check_audience(settings: Settings) -> Result:
@@ -271,7 +286,7 @@ async def run_checks(settings: Settings, emit: Callable[[Result], None]) -> list
         results.append(result)
         emit(result)
 
-    for setting_check in (check_dev_mode, check_bind, check_audience, check_key):
+    for setting_check in (check_dev_mode, check_bind, check_tls, check_audience, check_key):
         record(setting_check(settings))
     try:
         dsn = await asyncio.to_thread(resolve_dsn, settings)

@@ -83,6 +83,13 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
         # (zepix-hub bench S2D), and such clients cannot share the pre-built frame bytes.
         ws_per_message_deflate=False,
         log_config=logging_config(settings.log_level, settings.log_format),
+        # Checked (service/tls.py) before this runs; uvicorn loads the pair again in every worker.
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        # X-Forwarded-For/-Proto only from the proxy (HUB_FORWARDED_ALLOW_IPS), never from uvicorn's own
+        # FORWARDED_ALLOW_IPS, which a hub must not pick up from whatever environment it runs in.
+        proxy_headers=True,
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
         lifespan="on",
         timeout_graceful_shutdown=10,
         **kwargs,

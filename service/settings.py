@@ -41,6 +41,13 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # TLS served by the hub itself (https://, wss://): both or neither. Behind a proxy that terminates TLS,
+    # neither (docs/deploy.md).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Whose X-Forwarded-For/-Proto the hub believes (uvicorn's forwarded_allow_ips): the proxy's address only.
+    # Loopback by default, as uvicorn's own default; "" trusts nobody, "*" everybody (never on a public port).
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
 
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -91,7 +98,20 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
-    @field_validator("jwt_algorithms", "allowed_origins", mode="before")
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (("HUB_TLS_CERT (--tls-cert)", "HUB_TLS_KEY (--tls-key)") if self.tls_key is None
+                              else ("HUB_TLS_KEY (--tls-key)", "HUB_TLS_CERT (--tls-cert)"))
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both the certificate and its key")
+        return self
+
+    @field_validator("jwt_algorithms", "allowed_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -151,6 +171,11 @@ class Settings(BaseSettings):
     def loopback(self) -> bool:
         """True when HUB_HOST is reachable from this machine only."""
         return is_loopback(self.host)
+
+    @property
+    def tls(self) -> bool:
+        """True when the hub serves https:// and wss:// itself."""
+        return self.tls_cert is not None
 
     @property
     def symmetric(self) -> bool:

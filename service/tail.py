@@ -153,7 +153,7 @@ def describe(item: Connected | Resumed | Reconnecting, url: str) -> str:
 
 
 def _default_url(settings: Settings) -> str:
-    return f"http://{display_host(settings.host)}:{settings.port or 8000}"
+    return f"{'https' if settings.tls else 'http'}://{display_host(settings.host)}:{settings.port or 8000}"
 
 
 def resolve_token(explicit: str | None, url: str, settings: Settings) -> str | Callable[[], str]:

@@ -113,6 +113,7 @@ class HubProcess:
         self.args, self.env = args, env
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.scheme = "http"  # "https" when the hub serves TLS (it says so in its "live at" line)
 
     def start(self, timeout: float = 30) -> HubProcess:
         # Only what this hub is given: nothing the test process's environment says about hubs.
@@ -138,9 +139,10 @@ class HubProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            found = re.findall(r"live at http://[\d.]+:(\d+)/", text)
+            found = re.findall(r"live at (https?)://[\d.]+:(\d+)/", text)
             if found:
-                self.port = int(found[-1])
+                self.scheme, port = found[-1]
+                self.port = int(port)
                 self.requested_port = self.port  # a restart comes back on the same port
                 return self
             if self.proc.poll() is not None:
@@ -150,11 +152,11 @@ class HubProcess:
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/live"
+        return f"{'wss' if self.scheme == 'https' else 'ws'}://127.0.0.1:{self.port}/ws/live"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def kill(self) -> None:
         """SIGKILL the hub and everything it started: `--workers N` workers would outlive their supervisor."""

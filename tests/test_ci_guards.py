@@ -21,6 +21,16 @@ async def test_without_chromium_browser_tests_fail_under_ci_and_skip_elsewhere(t
     assert code == 5 and "BROWSER TESTS SKIPPED" in out and re.search(r"\b1 skipped\b", out), out[-3000:]
 
 
+async def test_without_nginx_proxy_tests_fail_under_ci_and_skip_elsewhere(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-nginx")
+    code, out = await nested_pytest(tmp_path / "nested", "tests/test_proxy.py", CI="true", HUB_TEST_NGINX=missing)
+    assert code == 1, f"CI=true went green without nginx:\n{out[-3000:]}"
+    assert f"CI=true and the proxy tests cannot run: {missing} is missing" in out, out[-3000:]
+    assert not re.search(r"\d+ (passed|skipped)", out), out[-3000:]
+    code, out = await nested_pytest(tmp_path / "nested", "tests/test_proxy.py", HUB_TEST_NGINX=missing)
+    assert code == 5 and "PROXY TESTS SKIPPED" in out and re.search(r"\b1 skipped\b", out), out[-3000:]
+
+
 async def test_backend_only_tests_are_skipped_with_their_reason_and_counted(tmp_path: Path) -> None:
     summary = tmp_path / "embedded.json"
     code, out = await nested_pytest(tmp_path / "nested", "tests/backend_probe.py", HUB_TEST_SUMMARY=str(summary),

@@ -201,7 +201,7 @@ async def test_doctor_passes_on_a_good_database_and_explains_failures(
     for check in ("JWT key", "database", "migrations", "triggers", "schema privileges", "LISTEN/NOTIFY",
                   "NOTIFY queue"):
         assert any(line.startswith("OK") and f"  {check}: " in line for line in lines), (check, good.out)
-    assert "all 10 checks passed" in good.out
+    assert "all 11 checks passed" in good.out
     assert "fix:" not in good.out
 
     assert missing.code == 1, missing
