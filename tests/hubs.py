@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -275,3 +277,34 @@ async def listener_cut_off(admin_dsn: str, db: asyncpg.Connection) -> AsyncItera
             await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     finally:
         await admin.close()
+
+
+async def raw_handshake(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
+    """A WebSocket handshake on a plain socket that will read nothing more unless told (a client that stops
+    reading, or one dropped right after the 101); returns it once the 101 is read. The caller owns it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await asyncio.to_thread(sock.recv, 1)
+            assert chunk, "connection closed during the handshake"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def alive(process: psutil.Process) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

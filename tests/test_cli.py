@@ -37,7 +37,7 @@ from service.doctor import check_triggers
 from service.embedded import stop_embedded
 from service.errors import ConfigError
 from service.tail import resolve_token, use_colour
-from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings
+from tests.hubs import SECRET, HubProcess, RunningHub, alive, hub_settings
 from tests.pg import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -690,7 +690,7 @@ async def test_serve_demo_the_readme_command_end_to_end(embedded_home: Path) -> 
         # Ctrl-C stopped the embedded PostgreSQL this serve started, said so, and left no postgres behind.
         out = (await asyncio.wait_for(proc.stdout.read(), 10)).decode()
         assert "the embedded PostgreSQL it started" in out and "is stopped" in out, out
-        assert not [p for p in family if _alive(p)]
+        assert not [p for p in family if alive(p)]
         assert _postgres_of(data) == []
         stop = await cli(env, "stop-db")
         assert stop.code == 0 and "no embedded PostgreSQL running" in stop.out, stop
@@ -727,12 +727,6 @@ def _postgres_of(data: Path) -> list[str]:
             pass
     return found
 
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 async def test_serve_leaves_running_an_embedded_database_it_did_not_start(embedded_home: Path) -> None:

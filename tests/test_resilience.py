@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import re
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +21,11 @@ from service.client import Connected, HubClient, Reconnecting, Resumed
 from tests.hubs import (
     HubProcess,
     RunningHub,
+    alive,
     connect,
     kill_all,
     listener_cut_off,
+    raw_handshake,
     recv_json,
     recv_until,
     running_hub,
@@ -63,7 +62,7 @@ async def test_a_stalled_client_is_cut_with_4008_and_the_others_are_untouched(ds
         healthy = [await connect(url) for _ in range(3)]
         # A raw client that completes the handshake and then never reads; a tiny receive buffer keeps
         # the kernel from absorbing megabytes on its behalf.
-        stalled_sock = await _handshake_then_stop_reading(hub.port, f"/ws/live?token={token}&topics=log_stream")
+        stalled_sock = await raw_handshake(hub.port, f"/ws/live?token={token}&topics=log_stream", rcvbuf=4096)
         for ws in healthy:
             await recv_json(ws)
         n = 400
@@ -87,19 +86,6 @@ async def test_a_stalled_client_is_cut_with_4008_and_the_others_are_untouched(ds
         for ws in healthy:
             await ws.close()
 
-
-async def _handshake_then_stop_reading(port: int, path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await asyncio.to_thread(sock.recv, 1)
-    assert head.startswith(b"HTTP/1.1 101")
-    return sock
 
 
 async def test_thousands_of_abrupt_disconnects_leak_nothing(hub: RunningHub) -> None:
@@ -387,12 +373,6 @@ def _workers(proc: HubProcess) -> list[psutil.Process]:
     return found
 
 
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
 
 async def _served(url: str, dsn: str, n: int) -> list[int]:
     """Connect n clients, write one log line, return the seq each of them received."""
@@ -455,7 +435,7 @@ async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_cl
                 await recv_json(ws)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert await asyncio.to_thread(proc.proc.wait, 30) == 0  # type: ignore[union-attr]
-        assert not any(_alive(p) for p in now)
+        assert not any(alive(p) for p in now)
     finally:
         proc.kill()  # the supervisor and its children, while it still runs
         # Children of a supervisor that already exited are orphans nobody stops: the workers seen here and
@@ -465,7 +445,7 @@ async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_cl
 
 async def test_a_half_open_client_that_never_answers_pings_is_dropped(dsn: str) -> None:
     async with running_hub(dsn, ws_ping_interval_s=0.3, ws_ping_timeout_s=0.5) as hub:
-        sock = await _handshake_then_stop_reading(hub.port, f"/ws/live?token={hub.token()}")
+        sock = await raw_handshake(hub.port, f"/ws/live?token={hub.token()}", rcvbuf=4096)
         try:
             for _ in range(100):
                 if len(hub.hub.manager) == 1:

@@ -7,9 +7,7 @@ Per-subject connection caps, bounded metric labels for client-chosen close codes
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import os
 import re
 import socket
 import time
@@ -24,7 +22,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service import frames
 from service.auth import mint
-from tests.hubs import SECRET, HubProcess, RunningHub, connect, hub_settings, recv_json, recv_until, running_hub
+from tests.hubs import (
+    SECRET,
+    HubProcess,
+    RunningHub,
+    connect,
+    hub_settings,
+    raw_handshake,
+    recv_json,
+    recv_until,
+    running_hub,
+)
 
 
 async def _close_of(ws: Any, timeout: float = 10) -> tuple[int, list[dict[str, Any]]]:
@@ -98,27 +106,6 @@ async def test_a_burst_of_connections_for_one_subject_gets_exactly_the_cap(dsn: 
         await _eventually(lambda: hub.hub.subject_slots.count("burst") == 0, "every slot back")
 
 
-async def _raw_handshake(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
-    """A WebSocket handshake on a plain socket; returns it once the 101 is read (the caller owns it)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    try:
-        sock.connect(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = await asyncio.to_thread(sock.recv, 1)
-            assert chunk, "connection closed during the handshake"
-            head += chunk
-        assert head.startswith(b"HTTP/1.1 101"), head
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
 
 async def _drain(ws: Any) -> None:
     """Read and drop every frame until the connection closes (the client keeps up, whatever comes)."""
@@ -175,7 +162,7 @@ async def test_connections_per_subject_are_capped_and_every_slot_comes_back(dsn:
 
         # Handshakes dropped right after the 101 (before the welcome is read) give theirs back.
         for _ in range(5):
-            _raw = await _raw_handshake(hub.port, alice.split(str(hub.port), 1)[1])
+            _raw = await raw_handshake(hub.port, alice.split(str(hub.port), 1)[1])
             _raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             _raw.close()
         await _eventually(lambda: hub.hub.subject_slots.count("alice") == 1, "the slots of dropped handshakes")
@@ -185,7 +172,7 @@ async def test_connections_per_subject_are_capped_and_every_slot_comes_back(dsn:
         # jump from 0 to 2 past the check.
         draining = asyncio.create_task(_drain(a3))
         path = alice.split(str(hub.port), 1)[1]
-        stalled = await _raw_handshake(hub.port, path, rcvbuf=4096)
+        stalled = await raw_handshake(hub.port, path, rcvbuf=4096)
         try:
             assert hub.hub.subject_slots.count("alice") == 2
             writing = asyncio.create_task(_write_logs(dsn, 300, size=16000))
