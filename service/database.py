@@ -26,6 +26,10 @@ APPLICATION_NAME = "zepix-hub"
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, asyncpg.InterfaceError,
     asyncpg.exceptions.InsufficientResourcesError, OSError,  # too many connections, out of memory, disk full
+    # A connection ended mid-statement (pg_terminate_backend, a restart) can surface as this instead of
+    # ConnectionDoesNotExistError ("cannot switch to state 12; another operation is in progress",
+    # MagicStack/asyncpg#1069): the connection is gone either way.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

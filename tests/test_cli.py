@@ -676,7 +676,13 @@ async def test_serve_demo_the_readme_command_end_to_end(embedded_home: Path) -> 
             finally:
                 await db.close()
             assert killed == 1
-            later = await _event_seqs(ws, 5, within=60)
+            try:
+                later = await _event_seqs(ws, 5, within=60)
+            except TimeoutError:
+                proc.send_signal(signal.SIGINT)
+                await asyncio.wait_for(proc.wait(), 30)
+                err = (await asyncio.wait_for(stderr, 10)).decode()
+                raise AssertionError(f"no event 60 s after the demo lost its connection: {err[-3000:]}") from None
             assert later[0] > seqs[-1]
         postmaster = psutil.Process(int((data / "pgdata" / "postmaster.pid").read_text().split()[0]))
         family = [postmaster, *postmaster.children(recursive=True)]  # checkpointer, walwriter, backends, ...
