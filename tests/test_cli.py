@@ -123,10 +123,11 @@ async def test_bench_runs_from_the_checkout_through_the_script_and_python_m_benc
     from elsewhere, and `python -m bench` in the checkout both reach it (a bad --scenarios stops it before any
     database is touched)."""
     env = cli_env(NO_DB, tmp_path)
-    script = Path(sys.executable).parent / "zepix-hub"
+    script = shutil.which("zepix-hub", path=str(Path(sys.executable).parent)) or shutil.which("zepix-hub")
+    assert script is not None, "the zepix-hub script of `pip install -e .` is not installed"
     runs = [await asyncio.to_thread(subprocess.run, argv, cwd=cwd, env=env, capture_output=True, text=True,
                                     timeout=60, stdin=subprocess.DEVNULL)
-            for argv, cwd in (([str(script), "bench", "--scenarios", "S9"], tmp_path),
+            for argv, cwd in (([script, "bench", "--scenarios", "S9"], tmp_path),
                               ([sys.executable, "-m", "bench", "--scenarios", "S9"], ROOT))]
     for run in runs:
         assert run.returncode == 2 and "Traceback" not in run.stderr, run
