@@ -47,7 +47,9 @@ async def test_schema_sql_is_what_the_migrations_build(pg: PgServer, dsn: str) -
         await pg.drop_database(empty)
 
     objects = comparable(migrated)
-    assert {"TABLE public.events", "TRIGGER public.trades trades_event_v3", "SCHEMA -.zepix_hub"} <= objects.keys()
+    # Not two empty dumps agreeing: the log, its schema and the capture triggers are there.
+    assert {"TABLE public.events", "SCHEMA -.zepix_hub"} <= objects.keys(), sorted(objects)
+    assert any(key.startswith("TRIGGER public.trades ") for key in objects), sorted(objects)
     problems = _differences(objects, comparable(loaded))
     assert not problems, f"sql/schema.sql differs from a migrated database: run {REGENERATE}\n{problems}"
 
