@@ -176,7 +176,9 @@ def _sources(entry: Entry, sql_dir: Path) -> list[tuple[tuple[int, str, int], st
     body = _BODY.search(entry.sql) if entry.kind == "FUNCTION" else None
     found, defining = [], []
     for path in sql_dir.glob("v*/*.sql"):
-        text = path.read_text() if path.name != "downgrade.sql" else ""
+        if not re.fullmatch(r"v\d+", path.parent.name) or path.name == "downgrade.sql":
+            continue
+        text = path.read_text()
         match = statement.search(text)
         if match:
             source = ((int(path.parent.name[1:]), path.name, match.start()), str(path.relative_to(sql_dir.parent)))
