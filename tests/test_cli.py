@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,6 +116,25 @@ async def test_every_command_has_help(tmp_path: Path) -> None:
         assert run.code == 0, (name, run)
         assert run.out.startswith(f"usage: zepix-hub {name}"), (name, run.out)
         assert run.err == ""
+
+
+async def test_bench_runs_from_the_checkout_through_the_script_and_python_m_bench(tmp_path: Path) -> None:
+    """bench/ sits beside service/, outside the wheel (ADR 0013): the editable install's `zepix-hub` script, run
+    from elsewhere, and `python -m bench` in the checkout both reach it (a bad --scenarios stops it before any
+    database is touched)."""
+    env = cli_env(NO_DB, tmp_path)
+    script = shutil.which("zepix-hub", path=str(Path(sys.executable).parent)) or shutil.which("zepix-hub")
+    assert script is not None, "the zepix-hub script of `pip install -e .` is not installed"
+    runs = [await asyncio.to_thread(subprocess.run, argv, cwd=cwd, env=env, capture_output=True, text=True,
+                                    timeout=60, stdin=subprocess.DEVNULL)
+            for argv, cwd in (([script, "bench", "--scenarios", "S9"], tmp_path),
+                              ([sys.executable, "-m", "bench", "--scenarios", "S9"], ROOT))]
+    for run in runs:
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run
+        assert run.stderr.startswith("zepix-hub bench: --scenarios takes a comma-separated subset of S1,"), run
+    help_ = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bench", "--help"], cwd=ROOT, env=env,
+                                    capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert help_.returncode == 0 and "--scenarios" in help_.stdout, help_
 
 
 async def test_token_prints_a_token_that_verifies(tmp_path: Path) -> None:

@@ -327,3 +327,26 @@ async def test_alembic_upgrade_head_from_a_checkout_still_works(pg: PgServer) ->
             await conn.close()
     finally:
         await pg.drop_database(name)
+
+
+def test_the_wheel_carries_no_benchmark(installed: Installed, tmp_path: Path) -> None:
+    """The benchmark (bench/, with its hand-written RFC 6455 client and its netlink socket reader) runs from a
+    checkout only (ADR 0013): a deployment gets neither, and `zepix-hub bench` there says where it runs."""
+    (record,) = installed.site.glob("zepix_hub-*.dist-info/RECORD")
+    shipped = [line.split(",")[0] for line in record.read_text().splitlines() if line]
+    assert any(name.startswith("service/") for name in shipped), shipped  # the listing is the wheel's
+    assert not [name for name in shipped if "bench" in Path(name).parts], shipped
+    for name in shipped:
+        if name.endswith(".py"):
+            text = (installed.site / name).read_text()
+            assert "AF_NETLINK" not in text, f"{name} reads netlink"
+            assert "Sec-WebSocket-Key:" not in text, f"{name} writes a WebSocket client handshake by hand"
+
+    empty = tmp_path / "anywhere"
+    empty.mkdir()
+    env = installed.env(HUB_DATABASE_URL="postgresql://nobody@127.0.0.1:1/not_used")
+    run = installed.run(empty, env, "bench", "--quick", within=60)
+    assert run.returncode == 2, run
+    assert "Traceback" not in run.stdout + run.stderr and run.stdout == "", run
+    assert run.stderr.count("\n") == 1 and "source checkout" in run.stderr, run.stderr
+    assert sorted(p.name for p in empty.iterdir()) == []

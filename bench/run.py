@@ -46,9 +46,12 @@ from typing import Any
 import asyncpg
 import psutil
 
-from .. import migrate
-from ..doctor import APPEND_FUNCTION
-from ..embedded import destroy_scratch, start_scratch, with_database
+from service import migrate
+from service.auth import mint
+from service.doctor import APPEND_FUNCTION
+from service.embedded import destroy_scratch, start_scratch, with_database
+from service.settings import load_settings
+
 from .capture import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
 from .common import raise_nofile
 from .procs import HarnessError, Processes
@@ -172,7 +175,7 @@ def _git() -> str:
     """The commit measured, and whether the working tree differed from it."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent.parent
+    root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
@@ -203,9 +206,6 @@ async def _main(plan: Plan, chosen: list[str], embedded: bool) -> int:
         results["machine"] = info
         dsn = await db.create("main")
         secret = secrets.token_urlsafe(48)
-        from ..auth import mint
-        from ..settings import load_settings
-
         settings = load_settings(jwt_secret=secret, dev=False, database_url=dsn, jwt_algorithms=["HS256"])
         token = mint(settings, secret, subject="bench", ttl_s=6 * 3600)
         bench = Bench(plan, procs, dsn, secret, token, workdir)

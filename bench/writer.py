@@ -6,7 +6,7 @@ Commands:
 - filler: bulk-insert `n` log lines (the events a resuming client has missed)
 - trades: `writers` connections each inserting `per_writer` trades, one transaction each (S6)
 - read_ref: page through the event log with the hub's own queries, straight from asyncpg (S5 reference)
-Run as `python -m service.bench.writer`.
+Run as `python -m bench.writer`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from ..store import ORDERED_WALK, Q
+from service.store import ORDERED_WALK, Q
+
 from .common import Command, percentile, run_async, serve_commands
 
 INSERT_LOG = "INSERT INTO logs (level, msg, source, context) VALUES ('INFO', $1, 'bench', $2::jsonb)"

@@ -7,7 +7,7 @@ every socket's transport. That is the fastest a single Python process does
 this job (and it has no backpressure at all: a client that stops reading grows
 its write buffer without bound).
 
-Run as `python -m service.bench.ceiling --dsn DSN --port 0`; prints `READY <port>`.
+Run as `python -m bench.ceiling --dsn DSN --port 0`; prints `READY <port>`.
 """
 
 from __future__ import annotations

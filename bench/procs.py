@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class HarnessError(RuntimeError):
@@ -136,7 +136,7 @@ class Processes:
         log_path = self._log(name)
         with _open_log(log_path) as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"service.bench.{module}", stdin=asyncio.subprocess.PIPE,
+                sys.executable, "-m", f"bench.{module}", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=log, cwd=str(ROOT), env=_env())
         worker = Worker(name, proc, log_path)
         self.children.append(worker)
@@ -177,7 +177,7 @@ class Processes:
         log_path = self._log(module)
         with _open_log(log_path) as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"service.bench.{module}", "--dsn", dsn, "--port", "0",
+                sys.executable, "-m", f"bench.{module}", "--dsn", dsn, "--port", "0",
                 stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
                 cwd=str(ROOT), env=_env())
         assert proc.stdout is not None

@@ -8,7 +8,7 @@ Commands (one JSON object a line; see common.serve_commands):
 - resume / resume_finish: the S5 WebSocket resume from far behind
 - http_replay: the S5 HTTP replay, page by page
 - close: close every connection with 1000
-Run as `python -m service.bench.fleet`.
+Run as `python -m bench.fleet`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ socket stops draining holds up every other client. Served by uvicorn with the
 same WebSocket implementation and event loop as the hub, so the difference
 measured is the fan-out design, not the server stack.
 
-Run as `python -m service.bench.naive --dsn DSN --port 0`; prints `READY <port>`.
+Run as `python -m bench.naive --dsn DSN --port 0`; prints `READY <port>`.
 """
 
 from __future__ import annotations

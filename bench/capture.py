@@ -1,4 +1,4 @@
-"""The write-path variants S6 times and `python -m service.bench.instructions` counts, as SQL run on a
+"""The write-path variants S6 times and `python -m bench.instructions` counts, as SQL run on a
 freshly migrated database. Shared by both so they measure the same thing."""
 
 from __future__ import annotations
