@@ -19,14 +19,12 @@ import pytest
 
 from tests.hubs import RunningHub
 
-# Without Playwright or Chromium this import skips the module as it skips test_browser (under CI=true: fails),
-# and its autouse fixture, imported, is this module's too: under CI=true a missing browser fails every test.
+# Skips (or under CI=true fails) this module as test_browser's own when the browser is missing: see there.
 from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     HANG_MS,
     Dashboard,
     _browser_installed,  # noqa: F401
+    launched_chromium,
     open_dashboard,
 )
 
@@ -38,15 +36,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 async def chromium() -> AsyncIterator[Browser]:
-    """Debian's Chromium, launched as tests/test_browser.py launches it."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_chromium() as launched:
+        yield launched
 
 
 TRADES = """

@@ -14,7 +14,6 @@ import hashlib
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,31 +30,24 @@ from tests.pg import PgServer
 # Without Playwright or Chromium this import skips the module as it skips test_browser (under CI=true: fails),
 # and its autouse fixture, imported, is this module's too: under CI=true a missing browser fails every test.
 from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     HANG_MS,
-    NETWORK_NOISE,
+    REBUILD_LOG,
+    Dashboard,
     _browser_installed,  # noqa: F401
     _restart,
+    launched_chromium,
 )
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page
+    from playwright.async_api import Browser
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 async def chromium() -> AsyncIterator[Browser]:
-    """Debian's Chromium, launched as tests/test_browser.py launches it."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_chromium() as launched:
+        yield launched
 
 # A Connection of the test's own, with hooks that record; `window.machine` holds it and its records.
 INSTALL = """async ({ token }) => {
@@ -76,11 +68,9 @@ INSTALL = """async ({ token }) => {
 }"""
 
 
-@dataclass
-class Machine:
-    page: Page
-    console_errors: list[str] = field(default_factory=list)
-    ws_urls: list[str] = field(default_factory=list)
+class Machine(Dashboard):
+    """The page, with the test's Connection in `window.machine`; errors() leaves out Chromium's own network noise
+    (hubs go down on purpose here)."""
 
     async def records(self) -> dict[str, Any]:
         value = await self.page.evaluate(
@@ -101,8 +91,8 @@ class Machine:
     async def moves(self) -> list[tuple[str, str, str]]:
         return [(t["from"], t["to"], t["on"]) for t in (await self.records())["transitions"]]
 
-    def errors(self) -> list[str]:
-        return [e for e in self.console_errors if not NETWORK_NOISE.search(e)]
+    def errors(self, *, allow_network: bool = True) -> list[str]:
+        return super().errors(allow_network=allow_network)
 
 
 async def machine_page(chromium: Browser, base: str, token: str, *, start: bool = True) -> Machine:
@@ -258,29 +248,31 @@ async def test_unrecoverable_gap_reloads_a_snapshot_and_keeps_the_live_frames_ab
     assert rec["invalid"] == [] and m.errors() == []
 
 
-async def test_log_restored_under_the_hub_4410_starts_over_from_a_snapshot(
+async def test_log_replaced_under_the_hub_4410_starts_over_from_a_snapshot(
         chromium: Browser, hub: RunningHub, pg: PgServer, db: asyncpg.Connection) -> None:
-    """Close 4410 (the hub found its log restored to an earlier point): the held seq may name another event
-    now, so the machine reloads (start) instead of resuming (connect)."""
+    """Close 4410 (the hub's listener came back to another event log, here a rebuilt one): the held seq may
+    name another event now, so the machine reloads (start) instead of resuming (connect), and tells the
+    caller that what it shows belongs to another log (replaced)."""
     m = await machine_page(chromium, hub.http, hub.token())
+    old = await db.fetchval("SELECT epoch::text FROM event_log_epoch")
     await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'OLD' || g, 'BUY', 1 "
                      "FROM generate_series(1, 6) g")
     await m.wait("m.c.position.seq === 6")
     async with listener_cut_off(pg.admin_dsn, db):
-        async with db.transaction():
-            await db.execute("SET LOCAL session_replication_role = replica")  # a restore fires no triggers
-            await db.execute("DELETE FROM trades WHERE id > 3")
-            await db.execute("DELETE FROM events WHERE seq > 3")
-            await db.execute("SELECT setval('events_seq', 3)")
+        await db.execute(REBUILD_LOG)
         await db.execute("INSERT INTO trades (symbol, side, quantity) SELECT 'NEW' || g, 'SELL', 2 "
                          "FROM generate_series(1, 4) g")
-    await m.wait("m.c.stats.closeCodes.includes(4410) && m.c.state === 'live' && m.c.position.seq === 7")
+        new = await db.fetchval("SELECT epoch::text FROM event_log_epoch")
+    await m.wait(f"m.c.stats.closeCodes.includes(4410) && m.c.state === 'live' && m.c.position.epoch === '{new}'")
     rec = await m.records()
     assert await m.moves() == [*FIRST_LOAD, ("live", "backoff", "retry"), ("backoff", "loading", "start"),
                                ("loading", "connecting", "connect"), ("connecting", "live", "replayed")]
     assert rec["transitions"][3]["code"] == 4410
-    assert [s["head"] for s in rec["snapshots"]] == [0, 7] and rec["stats"]["reloads"] == 1
-    assert query(m.ws_urls[-1])["since"] == ["7"]
+    assert rec["snapshots"] == [{"head": 0, "epoch": old, "first": True, "replaced": False},
+                                {"head": 4, "epoch": new, "first": False, "replaced": True}]
+    assert rec["position"] == {"seq": 4, "epoch": new} and rec["stats"]["reloads"] == 1
+    assert query(m.ws_urls[-1]) == {"since": ["4"], "epoch": [new]}
+    assert rec["seqs"] == [1, 2, 3, 4, 5, 6]  # the old log's, live; the new one's came in the snapshot
     assert rec["invalid"] == [] and m.errors() == []
 
 
