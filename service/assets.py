@@ -5,13 +5,16 @@ The page links `static/app.js?v=<hash of app.js>`: after an upgrade the browser
 serve yesterday's file. A request with the current hash may be cached for a
 year (`immutable`: that URL's content never changes); anything else (no `v`,
 or an old one from a page loaded before the upgrade) is revalidated on every
-load, so it costs a 304 when unchanged.
+load, so it costs a 304 when unchanged. The page's modules import each other by
+relative URLs that carry no `v` (`./trades.js`): the page's import map sends each
+of them to its versioned URL too, so no module is served stale.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ REVALIDATE = "no-cache"
 
 #: A relative static URL in an href/src attribute of index.html (relative: the page works under a proxy prefix).
 _LINK = re.compile(r'(?P<attr>\b(?:href|src)=")static/(?P<name>[^"?#]+)"')
+#: index.html's (empty) import map, which index_html() fills with every module's versioned URL.
+_IMPORT_MAP = re.compile(r'(?P<open><script type="importmap">)[^<]*(?P<close></script>)')
 
 
 @functools.cache
@@ -37,9 +42,14 @@ def version(name: str, static_dir: Path = STATIC_DIR) -> str:
 
 @functools.cache
 def index_html(static_dir: Path = STATIC_DIR) -> str:
-    """index.html with `?v=<version>` on every static URL it links."""
+    """index.html with `?v=<version>` on every static URL it links, and on every module in its import map."""
     page = (static_dir / "index.html").read_text()
-    return _LINK.sub(lambda m: f'{m["attr"]}static/{m["name"]}?v={version(m["name"], static_dir)}"', page)
+    page = _LINK.sub(lambda m: f'{m["attr"]}static/{m["name"]}?v={version(m["name"], static_dir)}"', page)
+    # Keys are URLs relative to the page, as the modules' relative imports resolve, so a proxy prefix is kept.
+    modules = {f"./static/{p.name}": f"./static/{p.name}?v={version(p.name, static_dir)}"
+               for p in sorted(static_dir.glob("*.js"))}
+    imports = json.dumps({"imports": modules})
+    return _IMPORT_MAP.sub(lambda m: f'{m["open"]}{imports}{m["close"]}', page)
 
 
 class VersionedStaticFiles(StaticFiles):

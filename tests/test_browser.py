@@ -15,6 +15,7 @@ each test fails instead, so that CI cannot go green without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -66,14 +67,21 @@ NETWORK_NOISE = re.compile(r"WebSocket connection to .* failed|net::ERR_CONNECTI
                            r"|Failed to load resource: net::ERR_")
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+@contextlib.asynccontextmanager
+async def launched_chromium() -> AsyncIterator[Browser]:
+    """Debian's Chromium for one test (the browser fixture here and in the other test_browser_* modules)."""
     async with async_playwright() as pw:
         chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
             await chromium.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launched_chromium() as chromium:
+        yield chromium
 
 
 @dataclass
