@@ -22,9 +22,9 @@ import asyncpg
 import psutil
 import websockets
 
-from service.app import Hub, create_app, hub_of
-from service.auth import mint
-from service.server import HubServer, uvicorn_config
+from service.api.app import Hub, create_app, hub_of
+from service.api.auth import mint
+from service.api.server import HubServer, uvicorn_config
 from service.settings import Settings, load_settings
 
 SECRET = "test-secret-" + "x" * 40

@@ -33,8 +33,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from websockets.exceptions import ConnectionClosed
 
-from service import frames, migrate
-from service.store import prune
+from service.hub import frames
+from service.store import migrate
+from service.store.events import prune
 from service.topics import ALL_TOPICS
 from tests.hubs import RunningHub, connect, recv_json, recv_until, running_hub
 
@@ -505,7 +506,7 @@ def test_asyncapi_document_structure() -> None:
 
     schemas = doc["components"]["schemas"]
     assert set(schemas["Topic"]["enum"]) == ALL_TOPICS
-    session_source = (ROOT / "service" / "session.py").read_text()
+    session_source = (ROOT / "service" / "api" / "session.py").read_text()
     assert set(re.findall(r'error\(\s*"(\w+)"', session_source)) <= set(schemas["Error"]["properties"]["code"]["enum"])
     validators = _validators()
     for key, message in messages.items():
@@ -625,7 +626,7 @@ async def test_dashboard_asset_urls_change_with_their_content(hub: RunningHub, t
                 again = await http.get(stale)
                 assert again.status_code == 200 and again.headers["cache-control"] == "no-cache", stale
 
-    from service.assets import STATIC_DIR, index_html, version
+    from service.api.assets import STATIC_DIR, index_html, version
 
     copy = tmp_path / "static"
     shutil.copytree(STATIC_DIR, copy)

@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service.store import ORDERED_WALK, EventStore, Q, prune
+from service.store.events import ORDERED_WALK, EventStore, Q, prune
 from tests.hubs import RunningHub
 
 

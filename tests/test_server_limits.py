@@ -20,8 +20,8 @@ import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service import frames
-from service.auth import mint
+from service.api.auth import mint
+from service.hub import frames
 from tests.hubs import (
     SECRET,
     HubProcess,

@@ -15,9 +15,9 @@ from typing import Any
 
 import asyncpg
 
+from ..errors import ConfigError, DatabaseSetupError
+from ..settings import Settings
 from .embedded import start_embedded, with_database
-from .errors import ConfigError, DatabaseSetupError
-from .settings import Settings
 
 APPLICATION_NAME = "zepix-hub"
 

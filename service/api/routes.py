@@ -16,13 +16,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, Field
 
+from ..errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
+from ..hub.frames import MAX_SEQ, parse_epoch
+from ..topics import ALL_TOPICS, LOG_STREAM, PERSISTED_TOPICS, SYS_STATUS, TRADE_UPDATE, parse_topics
 from .app import Hub
 from .assets import STATIC_DIR, index_html
 from .auth import Principal
-from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
-from .frames import MAX_SEQ, parse_epoch
 from .session import Session
-from .topics import ALL_TOPICS, LOG_STREAM, PERSISTED_TOPICS, SYS_STATUS, TRADE_UPDATE, parse_topics
 
 router = APIRouter()
 ASYNCAPI_FILE = STATIC_DIR.parent / "asyncapi.json"
@@ -190,7 +190,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "Not ready; the body says why"}})
 async def readyz(hub: HubDep) -> JSONResponse:
     """Ready when the database answers, migrations are at head and the listener is connected and not lagging."""
-    from . import migrate
+    from ..store import migrate
 
     problems: list[str] = []
     checks: dict[str, Any] = {"listener": hub.listener.up}

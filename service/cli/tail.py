@@ -18,10 +18,10 @@ from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from .client import Connected, Event, HubClient, HubRejected, Reconnecting, Resumed, live_url
-from .errors import ConfigError, UnknownTopicError
-from .settings import Settings, display_host, load_settings
-from .topics import LOG_STREAM, NOTIFICATION, SYS_STATUS, TRADE_UPDATE, parse_topics
+from ..client.hub_client import Connected, Event, HubClient, HubRejected, Reconnecting, Resumed, live_url
+from ..errors import ConfigError, UnknownTopicError
+from ..settings import Settings, display_host, load_settings
+from ..topics import LOG_STREAM, NOTIFICATION, SYS_STATUS, TRADE_UPDATE, parse_topics
 
 RESET, BOLD, DIM = "\x1b[0m", "\x1b[1m", "\x1b[2m"
 RED, GREEN, YELLOW, BLUE, MAGENTA, CYAN = (f"\x1b[{n}m" for n in (31, 32, 33, 34, 35, 36))
@@ -167,7 +167,7 @@ def resolve_token(explicit: str | None, url: str, settings: Settings) -> str | C
     from_url = parse_qs(urlsplit(url).query).get("token")
     if from_url and from_url[0].strip():
         return from_url[0].strip()
-    from .auth import DEV_SECRET_FILE, DEV_TOKEN_TTL_S, mint, signing_key
+    from ..api.auth import DEV_SECRET_FILE, DEV_TOKEN_TTL_S, mint, signing_key
 
     # Outside dev mode tail mints only with the dev secret of a data dir where `serve --demo`/`--dev` ran.
     dev_file = os.path.lexists(settings.data_dir / DEV_SECRET_FILE)

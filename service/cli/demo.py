@@ -16,7 +16,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from .database import DATABASE_UNAVAILABLE, connect
+from ..store.database import DATABASE_UNAVAILABLE, connect
 
 log = logging.getLogger(__name__)
 

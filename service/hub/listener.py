@@ -31,10 +31,10 @@ from collections.abc import Callable
 
 import asyncpg
 
-from .database import connect
+from ..settings import Settings
+from ..store.database import connect
+from ..store.events import EventStore, Position, StoredEvent
 from .frames import Frame
-from .settings import Settings
-from .store import EventStore, Position, StoredEvent
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import functools
 from importlib import resources
 from pathlib import Path
 
-from .errors import DatabaseSetupError
+from ..errors import DatabaseSetupError
 
 #: The package-data folder of an installed wheel (pyproject.toml: [tool.setuptools.package-dir]).
 BUNDLED = "_db"

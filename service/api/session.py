@@ -20,13 +20,10 @@ from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import __version__
-from .asgi import abort_of, direct_of
-from .auth import Principal
-from .connections import Client
-from .database import DATABASE_UNAVAILABLE
-from .errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
-from .frames import (
+from .. import __version__
+from ..errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
+from ..hub.connections import Client
+from ..hub.frames import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
     CLOSE_POLICY,
@@ -39,7 +36,10 @@ from .frames import (
     parse_epoch,
     parse_seq,
 )
-from .topics import PERSISTED_TOPICS, SYS_STATUS, parse_topics
+from ..store.database import DATABASE_UNAVAILABLE
+from ..topics import PERSISTED_TOPICS, SYS_STATUS, parse_topics
+from .asgi import abort_of, direct_of
+from .auth import Principal
 
 if TYPE_CHECKING:
     from .app import Hub

@@ -24,21 +24,21 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from . import migrate
+from ..durations import parse_duration
+from ..hub.connections import ConnectionManager
+from ..hub.frames import CLOSE_GOING_AWAY, CLOSE_LOG_RESET, Frame, live_event
+from ..hub.heartbeat import Heartbeat
+from ..hub.listener import Listener
+from ..settings import Settings, load_settings
+from ..store import migrate
+from ..store.database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
+from ..store.events import EventStore, prune
+from ..topics import NOTIFICATION
 from .asgi import TransportAbort
 from .assets import STATIC_DIR, VersionedStaticFiles
 from .auth import Verifier, verification_key
-from .connections import ConnectionManager
-from .database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
-from .durations import parse_duration
-from .frames import CLOSE_GOING_AWAY, CLOSE_LOG_RESET, Frame, live_event
-from .heartbeat import Heartbeat
 from .limits import SubjectSlots
-from .listener import Listener
 from .metrics import Metrics
-from .settings import Settings, load_settings
-from .store import EventStore, prune
-from .topics import NOTIFICATION
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocketDisconnect
 
-from .asgi import DirectSocket
+from ..api.asgi import DirectSocket
+from ..settings import Settings
+from ..topics import ALL_TOPICS
 from .frames import CLOSE_INTERNAL_ERROR, CLOSE_TOO_SLOW, Frame, ws_text_frame
-from .settings import Settings
-from .topics import ALL_TOPICS
 
 log = logging.getLogger(__name__)
 

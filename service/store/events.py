@@ -16,9 +16,9 @@ from pathlib import Path
 
 import asyncpg
 
+from ..errors import DatabaseSetupError, ResumeGone
+from ..topics import PERSISTED_TOPICS
 from . import bundle
-from .errors import DatabaseSetupError, ResumeGone
-from .topics import PERSISTED_TOPICS
 
 
 def load_queries(path: Path | None = None) -> dict[str, str]:

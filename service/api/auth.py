@@ -22,9 +22,9 @@ from typing import Any
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
-from .errors import AuthError, ConfigError, ForbiddenTopicError
-from .settings import HS_ALGORITHMS, Settings
-from .topics import ALL_TOPICS, parse_topics
+from ..errors import AuthError, ConfigError, ForbiddenTopicError
+from ..settings import HS_ALGORITHMS, Settings
+from ..topics import ALL_TOPICS, parse_topics
 
 DEV_SECRET_FILE = "jwt-secret"
 #: RSA keys shorter than this are refused (NIST SP 800-131A has disallowed 1024-bit RSA signatures since 2013).

@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DatabaseSetupError
+from ..errors import DatabaseSetupError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from .errors import ConfigError
-from .settings import Settings
+from ..errors import ConfigError
+from ..settings import Settings
 
 
 def _no_passphrase() -> bytes:

@@ -24,12 +24,12 @@ from typing import Any
 
 import uvicorn
 
+from ..errors import HubError
+from ..logconfig import logging_config
+from ..settings import Settings
 from .app import hub_of
-from .errors import HubError
 from .limits import FrontDoorLimits, fit_open_file_limit
-from .logconfig import logging_config
 from .metrics import MULTIPROC_ENV
-from .settings import Settings
 from .uvicorn_internals import HANDLED_SIGNALS, GuardedHttpToolsProtocol, get_subprocess, startup_problem
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"

@@ -21,9 +21,9 @@ from typing import Any
 
 import asyncpg
 
-from .database import mask_dsn as mask_dsn  # re-exported: doctor prints DSNs masked
-from .errors import ConfigError, HubError
-from .settings import Settings, load_settings
+from ..errors import ConfigError, HubError
+from ..settings import Settings, load_settings
+from ..store.database import mask_dsn as mask_dsn  # re-exported: doctor prints DSNs masked
 
 CONNECT_TIMEOUT_S = 5.0
 NOTIFY_TIMEOUT_S = 5.0
@@ -60,7 +60,7 @@ def fail(name: str, detail: str, fix: str) -> Result:
 
 def check_key(settings: Settings) -> Result:
     """The key tokens are verified with, where it comes from and how strong it is (never the key itself)."""
-    from .auth import describe_key, signing_key, verification_key
+    from ..api.auth import describe_key, signing_key, verification_key
 
     name = "JWT key"
     try:
@@ -88,7 +88,7 @@ def check_key(settings: Settings) -> Result:
 
 
 def existing_dev_secret_file(settings: Settings) -> bool:
-    from .auth import DEV_SECRET_FILE
+    from ..api.auth import DEV_SECRET_FILE
 
     return settings.symmetric and not settings.dev_mode and not settings.jwt_secret and \
         (settings.data_dir / DEV_SECRET_FILE).is_file()
@@ -121,7 +121,7 @@ def check_bind(settings: Settings) -> Result:
 
 
 def check_tls(settings: Settings) -> Result:
-    from .tls import check_tls as load_pair
+    from ..api.tls import check_tls as load_pair
 
     name = "TLS"
     if not settings.tls:
@@ -143,7 +143,7 @@ def check_audience(settings: Settings) -> Result:
 
 
 async def connect_db(dsn: str) -> tuple[asyncpg.Connection | None, Result]:
-    from .database import connect
+    from ..store.database import connect
 
     name = "database"
     shown = mask_dsn(dsn)
@@ -170,7 +170,7 @@ async def connect_db(dsn: str) -> tuple[asyncpg.Connection | None, Result]:
 
 
 async def check_migrations(conn: asyncpg.Connection) -> Result:
-    from . import migrate
+    from ..store import migrate
 
     name = "migrations"
     head = migrate.head_revision()
@@ -223,7 +223,7 @@ async def check_triggers(conn: asyncpg.Connection) -> Result:
 async def check_schemas(conn: asyncpg.Connection) -> Result:
     """What `zepix-hub migrate` refuses: a role other than the owner that may create where the hub's SECURITY
     DEFINER functions look names up (migrate.PATH_SCHEMAS) could have its own code run as the owner."""
-    from . import migrate
+    from ..store import migrate
 
     name = "schema privileges"
     revokes = await migrate.unsafe_creators(conn)
@@ -236,7 +236,7 @@ async def check_schemas(conn: asyncpg.Connection) -> Result:
 
 async def check_notify(conn: asyncpg.Connection, dsn: str) -> Result:
     """LISTEN on a throwaway channel here, pg_notify from a second connection, wait for it."""
-    from .database import connect
+    from ..store.database import connect
 
     name = "LISTEN/NOTIFY"
     channel = f"zepix_doctor_{uuid.uuid4().hex[:12]}"
@@ -278,7 +278,7 @@ async def check_queue(conn: asyncpg.Connection) -> Result:
 
 async def run_checks(settings: Settings, emit: Callable[[Result], None]) -> list[Result]:
     """Run every check, emitting each result as soon as it is known."""
-    from .database import resolve_dsn
+    from ..store.database import resolve_dsn
 
     results: list[Result] = []
 

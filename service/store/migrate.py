@@ -12,8 +12,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
+from ..errors import ConfigError, DatabaseSetupError
 from . import bundle
-from .errors import ConfigError, DatabaseSetupError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import ConfigError, HubError, UnknownTopicError
-from .frames import parse_epoch, parse_seq
-from .settings import LOG_LEVELS, Settings, display_host, load_settings
+from ..errors import ConfigError, HubError, UnknownTopicError
+from ..hub.frames import parse_epoch, parse_seq
+from ..settings import LOG_LEVELS, Settings, display_host, load_settings
 
 log = logging.getLogger("service.cli")
 
@@ -78,7 +78,7 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _dsn(settings: Settings) -> str:
-    from .database import resolve_dsn
+    from ..store.database import resolve_dsn
 
     return resolve_dsn(settings)
 
@@ -97,7 +97,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve; at exit (Ctrl-C, SIGTERM, an error) stop the embedded PostgreSQL if this serve started it, and say
     on stdout what became of the database."""
-    from .embedded import embedded_running, stop_embedded
+    from ..store.embedded import embedded_running, stop_embedded
 
     settings = _settings(host=args.host, port=args.port)
     if settings.database_url:
@@ -146,10 +146,10 @@ def _other_sessions(dsn: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app
-    from .auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
-    from .server import HubServer, run_workers, uvicorn_config
-    from .tls import check_tls
+    from ..api.app import create_app
+    from ..api.auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
+    from ..api.server import HubServer, run_workers, uvicorn_config
+    from ..api.tls import check_tls
 
     # --demo asks for dev mode unless HUB_DEV says otherwise (a demo feed beside a real key); --dev always.
     wants_dev = args.dev or (args.demo and not os.environ.get("HUB_DEV", "").strip())
@@ -159,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
     check_tls(settings)  # a bad certificate or key: one line now, not a traceback from every worker later
     verification_key(settings)  # fail early on a missing key or an exposed dev mode, before starting a database
     dsn = _dsn(settings)
-    from . import migrate
+    from ..store import migrate
 
     if settings.auto_migrate:
         migrate.upgrade(dsn)
@@ -189,7 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         if args.demo:
             raise ConfigError("--demo runs with one worker; run `zepix-hub demo` beside a multi-worker hub")
-        config = uvicorn_config("service.app:create_app", worker_settings, factory=True, workers=args.workers)
+        config = uvicorn_config("service.api.app:create_app", worker_settings, factory=True, workers=args.workers)
         run_workers(config, args.workers, on_bound=announce)
         return EXIT_OK
 
@@ -240,7 +240,7 @@ def _report_demo_end(task: asyncio.Task[None]) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from . import migrate
+    from ..store import migrate
 
     settings = _settings()
     dsn = _dsn(settings)
@@ -250,16 +250,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from . import migrate
+    from ..store import migrate
 
     sys.stdout.write(migrate.offline_sql(args.revision))
     return EXIT_OK
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .database import connect, reported
-    from .durations import parse_duration
-    from .store import prune
+    from ..durations import parse_duration
+    from ..store.database import connect, reported
+    from ..store.events import prune
 
     older_than = parse_duration(args.older_than)
     dsn = _dsn(_settings())
@@ -278,9 +278,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .auth import mint, signing_key
-    from .durations import parse_duration
-    from .topics import parse_topics
+    from ..api.auth import mint, signing_key
+    from ..durations import parse_duration
+    from ..topics import parse_topics
 
     settings = _settings()
     try:
@@ -295,7 +295,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .database import reported
+    from ..store.database import reported
     from .demo import run_demo
 
     dsn = _dsn(_settings())
@@ -306,7 +306,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_db(args: argparse.Namespace) -> int:
-    from .embedded import stop_embedded
+    from ..store.embedded import stop_embedded
 
     settings = _settings()
     stopped = stop_embedded(settings.data_dir)
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "Run the simulated trading bot against the configured database.")
     p.add_argument("--rate", type=_positive_float, default=3.0, help="operations per second (default 3)")
 
-    p = add("tail", _lazy("service.tail", "cmd_tail"), "Follow the live stream in the terminal.")
+    p = add("tail", _lazy("service.cli.tail", "cmd_tail"), "Follow the live stream in the terminal.")
     p.add_argument("--url", default=None, help="hub URL (default http://HUB_HOST:HUB_PORT)")
     p.add_argument("--token", default=None, help="JWT (default: HUB_TOKEN, or a dev token)")
     p.add_argument("--topics", default=None, help="comma-separated topics (default: all)")
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "resuming into another log then reloads instead of replaying")
     p.add_argument("--json", action="store_true", help="print raw JSON frames")
 
-    add("doctor", _lazy("service.doctor", "cmd_doctor"), "Check the database, migrations, triggers and keys.")
+    add("doctor", _lazy("service.cli.doctor", "cmd_doctor"), "Check the database, migrations, triggers and keys.")
     add("stop-db", cmd_stop_db, "Stop the embedded PostgreSQL of HUB_DATA_DIR.")
 
     p = add("bench", _lazy("service.bench.run", "cmd_bench"), "Run the fan-out and write-path benchmarks.")
@@ -393,7 +393,7 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .logconfig import JsonFormatter, RedactTokens, TextFormatter
+    from ..logconfig import JsonFormatter, RedactTokens, TextFormatter
 
     # Lines logged before uvicorn installs the hub's config (embedded database, migrations, the event
     # loop's own) get the same redaction and, with HUB_LOG_FORMAT=json, the same one-object-per-line shape.

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import psutil
 
+from ..topics import SYS_STATUS
 from .frames import Frame, live_event
-from .topics import SYS_STATUS
 
 log = logging.getLogger(__name__)
 
