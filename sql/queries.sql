@@ -1,4 +1,4 @@
--- Named queries the hub runs at run time. service/store.py loads this file and
+-- Named queries the hub runs at run time. service/store/events.py loads this file and
 -- runs each block by its name; a DBA can paste any of them into psql (replace
 -- $1, $2, ... by values). None of them writes, except prune_batch.
 
@@ -33,7 +33,7 @@ SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
 -- The same, restricted to the topics in $2. One ordered walk of
 -- events_topic_seq_idx per topic, each stopping after $3 rows, then a merge:
 -- a page costs O(topics x $3). The hub runs it after
--- SET LOCAL enable_bitmapscan = off (service/store.py, ORDERED_WALK); paste
+-- SET LOCAL enable_bitmapscan = off (service/store/events.py, ORDERED_WALK); paste
 -- that too. Without it, when events has no statistics yet (right after a
 -- burst), the planner guesses few rows match and prefers collecting and
 -- sorting every match for each page: a full replay then goes quadratic.

@@ -33,7 +33,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from websockets.exceptions import ConnectionClosed
 
-from service.hub import frames
+from service import protocol
 from service.store import migrate
 from service.store.events import prune
 from service.topics import ALL_TOPICS
@@ -336,7 +336,7 @@ async def test_health_readiness_and_metrics(db: asyncpg.Connection, logins: Logi
         async with await connect(f"{hub.ws}?token={token}&topics=log_stream&since=0") as ws:
             assert (await recv_until(ws, lambda f: f["type"] == "replayed"))["recovered"] is True
         async with await connect(f"{hub.ws}?token=not-a-jwt") as ws:
-            assert await _close_code(ws) == frames.CLOSE_UNAUTHORIZED
+            assert await _close_code(ws) == protocol.CLOSE_UNAUTHORIZED
         m = await _wait_metrics(http, lambda m: m.get(("zepix_hub_connections", ())) == 0)
         assert m[("zepix_hub_connections", ())] == 0
         assert m[("zepix_hub_resumes_total", (("recovered", "true"),))] == 1
@@ -396,9 +396,9 @@ async def test_server_initiated_closes_are_counted_by_code(hub: RunningHub) -> N
         await recv_json(ws)
         for _ in range(500):
             await ws.send('{"type": "ping"}')
-        assert await _close_code(ws) == frames.CLOSE_POLICY
+        assert await _close_code(ws) == protocol.CLOSE_POLICY
     async with httpx.AsyncClient(base_url=hub.http, timeout=10) as http:
-        key = ("zepix_hub_disconnects_total", (("code", str(frames.CLOSE_POLICY)),))
+        key = ("zepix_hub_disconnects_total", (("code", str(protocol.CLOSE_POLICY)),))
         m = await _wait_metrics(http, lambda m: key in m, timeout=3)
         assert m.get(key) == 1
 
@@ -487,7 +487,7 @@ def test_asyncapi_document_structure() -> None:
     binding = channel["bindings"]["ws"]
     assert binding["method"] == "GET" and set(binding["query"]["properties"]) == {"token", "topics", "since",
                                                                                           "epoch"}
-    close_codes = {v for k, v in vars(frames).items() if k.startswith("CLOSE_") and k != "CLOSE_NORMAL"}
+    close_codes = {v for k, v in vars(protocol).items() if k.startswith("CLOSE_") and k != "CLOSE_NORMAL"}
     assert set(channel["x-close-codes"]) == {str(c) for c in close_codes}
     assert all(str(code) in channel["description"] for code in close_codes)
 
@@ -565,7 +565,7 @@ async def test_real_frames_match_the_asyncapi_schemas(hub: RunningHub, db: async
                 pass
     async with await connect(f"{hub.ws}?token={token}&topics=weather") as ws:
         keep(await recv_json(ws))
-        assert await _close_code(ws) == frames.CLOSE_BAD_REQUEST
+        assert await _close_code(ws) == protocol.CLOSE_BAD_REQUEST
 
     assert set(captured) == SERVER_MESSAGES
     assert {f["recovered"] for f in captured["replayed"]} == {True, False}

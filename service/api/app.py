@@ -1,206 +1,30 @@
-"""The app factory and the lifespan that owns every task and connection of a hub process.
+"""create_app() and the lifespan that owns every task and connection of a hub process.
 
-`create_app()` checks the configuration (a missing key fails here, before any
-socket opens). The lifespan then, in order: finds the database (starting the
-embedded one if no URL is set), migrates it unless HUB_AUTO_MIGRATE=false,
-opens the pool, starts the ConnectionManager, the listener, the heartbeat and
-the optional retention task. An AsyncExitStack undoes all of it in reverse on
-shutdown: clients are closed with 1001 first (by HubServer, before uvicorn's
-own 1012), then tasks are cancelled and awaited, then the pool is closed.
+create_app() checks the configuration (a missing key fails before any socket opens); the lifespan finds
+and migrates the database, opens the pool and starts the Hub (service/api/runtime.py), and its
+AsyncExitStack undoes all of it in reverse on shutdown (docs/adr/0012-concern-packages.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
-from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ..durations import parse_duration
-from ..hub.connections import ConnectionManager
-from ..hub.frames import CLOSE_GOING_AWAY, CLOSE_LOG_RESET, Frame, live_event
-from ..hub.heartbeat import Heartbeat
-from ..hub.listener import Listener
 from ..settings import Settings, load_settings
 from ..store import migrate
 from ..store.database import DATABASE_UNAVAILABLE, create_pool, resolve_dsn
-from ..store.events import EventStore, prune
-from ..topics import NOTIFICATION
 from .asgi import TransportAbort
 from .assets import STATIC_DIR, VersionedStaticFiles
 from .auth import Verifier, verification_key
-from .limits import SubjectSlots
-from .metrics import Metrics
+from .routes import router
+from .runtime import Hub
 
 log = logging.getLogger(__name__)
-
-class Hub:
-    """Everything one hub process runs, built and torn down by the lifespan."""
-
-    def __init__(self, settings: Settings, verifier: Verifier, dsn: str, pool: asyncpg.Pool) -> None:
-        self.settings = settings
-        self.verifier = verifier
-        self.pool = pool
-        self.metrics = Metrics()
-        self.store = EventStore(pool)
-        self.manager = ConnectionManager(settings)
-        self.subject_slots = SubjectSlots(settings.max_connections_per_subject)
-        self.listener = Listener(dsn, self.store, settings, dispatch=self.dispatch, on_state=self._listener_state,
-                                 on_reset=self._log_reset)
-        self.heartbeat = Heartbeat(settings.heartbeat_s, broadcast=self.manager.broadcast, extras=self._extras)
-        self.oldest_hint = 0
-        self.head_hint = 0
-        self._queue_peak = 0
-        self._direct_warned = False
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def note_direct_path(self, problem: str | None) -> None:
-        """Record whether the direct write path (service/uvicorn_internals.py) works; say once why it does not."""
-        self.metrics.direct_path.set(0 if problem else 1)
-        if problem is not None and not self._direct_warned:
-            self._direct_warned = True
-            log.warning("the direct write path is not available, frames take the slower ASGI path: %s "
-                        "(zepix_hub_direct_write_path is 0; see service/uvicorn_internals.py)", problem)
-
-    def direct_fallback(self) -> None:
-        """A WebSocket connection without the direct write path (another server, protocol or uvicorn); the
-        session counts it in zepix_hub_connections_by_writer_total{writer="asgi"}."""
-        self.note_direct_path("the server gave this WebSocket connection no direct write path")
-
-    def dispatch(self, frame: Frame) -> None:
-        """Hand one event to every subscribed client. Called by the listener, in seq order; never awaits."""
-        fanout = self.manager.broadcast(frame)
-        if frame.topic is not None:
-            self.metrics.events.labels(topic=frame.topic).inc()
-        self.metrics.frames.inc(fanout)
-        committed = event_time(frame.text)
-        if committed is not None:
-            self.metrics.latency.observe(max(0.0, time.time() - committed))
-
-    def _log_reset(self, dispatched: int, head: int, why: str) -> None:
-        """The event log was restored to an earlier point or replaced under the listener: the clients hold
-        seqs that the database no longer has, or has for other events. Close them 4410: they reload from a
-        snapshot (which carries the log's epoch now)."""
-        log.error("%s (a restore or failover, with or without the fence in docs/dba.md, a rebuilt database, or "
-                  "pruning past what this hub had sent; last dispatched %d): closing %d client(s) 4410 so they "
-                  "reload; live again from head %d, epoch %s", why, dispatched, len(self.manager), head,
-                  self.listener.epoch)
-        self.head_hint = head
-        for client in self.manager.clients:
-            client.request_close(CLOSE_LOG_RESET, "event log restored to an earlier point; reload", override=True)
-
-    def _listener_state(self, up: bool) -> None:
-        self.metrics.listener_up.set(1 if up else 0)
-        if not up:
-            self.metrics.reconnects.inc()
-        was_degraded = self.heartbeat.degraded
-        self.heartbeat.degraded = not up
-        if not up and not was_degraded:
-            self.manager.broadcast(live_event(NOTIFICATION, {
-                "type": "error", "title": "Connection Lost",
-                "body": "The hub lost its database connection; live events resume when it is back."}))
-            self._spawn(self.heartbeat.beat(), "hub-heartbeat-now")
-        elif up and was_degraded:
-            self.manager.broadcast(live_event(NOTIFICATION, {
-                "type": "info", "title": "Connection Restored",
-                "body": "The hub is connected to the database again; no event was lost."}))
-            self._spawn(self.heartbeat.beat(), "hub-heartbeat-now")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-
-    async def _extras(self) -> dict[str, object]:
-        extras: dict[str, object] = {
-            "connections": len(self.manager),
-            "last_seq": self.listener.last_seq,
-            "listener": "up" if self.listener.up else "down",
-        }
-        peak = max((c.peak_depth for c in self.manager.clients), default=0)
-        self.metrics.connections.set(len(self.manager))
-        self._queue_peak = max(self._queue_peak, peak)
-        self.metrics.queue_peak.set(self._queue_peak)
-        if self.listener.up:
-            async with asyncio.timeout(2):
-                async with self.pool.acquire() as conn:
-                    row = await conn.fetchrow("SELECT head, oldest, notify_queue_usage FROM event_log_status")
-            assert row is not None
-            self.head_hint, self.oldest_hint = int(row["head"]), int(row["oldest"])
-            lag = max(0, self.head_hint - self.listener.last_seq)
-            extras.update(head=self.head_hint, lag=lag)
-            self.metrics.listener_lag.set(lag)
-            self.metrics.notify_queue.set(float(row["notify_queue_usage"]))
-        return extras
-
-    async def start(self, stack: AsyncExitStack) -> None:
-        await self.listener.start_position()
-        self.head_hint = self.listener.last_seq
-        pos = await self.store.position()
-        self.oldest_hint = pos.oldest
-        await self.manager.start()
-        stack.push_async_callback(self.manager.stop)
-        await self.heartbeat.sample()
-        for coro, name in self._background():
-            self._spawn(coro, name)
-        stack.push_async_callback(self.stop_tasks)
-        # Startup completes when the hub is ready to deliver (so /readyz is green from the first request);
-        # a database that stays away still lets it start, DEGRADED, and /readyz says why.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.listener.first_up.wait(), 10)
-
-    def _background(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
-        jobs: list[tuple[Coroutine[Any, Any, None], str]] = [
-            (self.listener.run(), "hub-listener"),
-            (self.heartbeat.run(), "hub-heartbeat"),
-        ]
-        if self.settings.retention:
-            jobs.append((self._retention(), "hub-retention"))
-        return jobs
-
-    async def _retention(self) -> None:
-        """Prune events older than HUB_RETENTION once an hour (and at start)."""
-        assert self.settings.retention
-        older_than = parse_duration(self.settings.retention)
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    deleted, floor = await prune(conn, older_than)
-                if deleted:
-                    log.info("retention: pruned %d events; floor is now %d", deleted, floor)
-            except Exception as exc:
-                log.warning("retention prune failed: %s", exc)
-            await asyncio.sleep(3600)
-
-    async def stop_tasks(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def going_away(self) -> None:
-        """Close every client with 1001 so they reconnect (elsewhere) and resume with since."""
-        await self.manager.close_all(CLOSE_GOING_AWAY, "hub shutting down; reconnect and resume")
-
-
-def event_time(text: str) -> float | None:
-    """The append time of a database-rendered frame; jsonb puts "ts" first, so no full parse is needed."""
-    if not text.startswith('{"ts": "'):
-        return None
-    try:
-        return datetime.fromisoformat(text[8:35]).timestamp()
-    except ValueError:
-        return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -222,8 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("zepix-hub ready")
             yield
 
-    from .routes import router
-
     app = FastAPI(title="zepix-hub", version="0.1.0", lifespan=lifespan,
                   description="Real-time event hub for the Zepix trading bot dashboard. "
                               "WebSocket protocol: docs/protocol.md and /asyncapi.json.")
@@ -240,17 +62,3 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     log.warning("%s %s: database unavailable: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
     return JSONResponse({"detail": "database unavailable; retry shortly"}, status_code=503,
                         headers={"Retry-After": "1"})
-
-
-def hub_of(app: Any) -> Hub | None:
-    """Find the Hub behind an ASGI app, through the middleware uvicorn may wrap around it."""
-    seen = 0
-    while app is not None and seen < 10:
-        state = getattr(app, "state", None)
-        hub = getattr(state, "hub", None) if state is not None else None
-        if isinstance(hub, Hub):
-            return hub
-        app = getattr(app, "app", None)
-        seen += 1
-    return None
-

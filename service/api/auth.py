@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
@@ -181,8 +182,6 @@ def _usable_key(key: str, settings: Settings, setting: str, *, signing: bool = F
 
 
 def _rsa_bits(constructed: object) -> int | None:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     prepared = getattr(constructed, "prepared_key", None)
     return prepared.key_size if isinstance(prepared, rsa.RSAPrivateKey | rsa.RSAPublicKey) else None
 
@@ -192,8 +191,6 @@ def describe_key(settings: Settings, key: str) -> str:
     algorithm = settings.jwt_algorithms[0]
     if algorithm in HS_ALGORITHMS:
         return f"{len(key)} characters"
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     constructed = jwk.construct(key, algorithm)
     prepared = getattr(constructed, "prepared_key", None)
     bits = _rsa_bits(constructed)

@@ -14,7 +14,7 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-from ..hub.frames import LABELLED_CLOSE_CODES
+from ..protocol import LABELLED_CLOSE_CODES
 
 #: Set by the worker supervisor (service/server.py); unset, /metrics is this process's registry.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

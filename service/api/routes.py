@@ -17,11 +17,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, Field
 
 from ..errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
-from ..hub.frames import MAX_SEQ, parse_epoch
+from ..protocol import MAX_SEQ, parse_epoch
+from ..store import migrate
 from ..topics import ALL_TOPICS, LOG_STREAM, PERSISTED_TOPICS, SYS_STATUS, TRADE_UPDATE, parse_topics
-from .app import Hub
 from .assets import STATIC_DIR, index_html
 from .auth import Principal
+from .runtime import Hub
 from .session import Session
 
 router = APIRouter()
@@ -190,8 +191,6 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "Not ready; the body says why"}})
 async def readyz(hub: HubDep) -> JSONResponse:
     """Ready when the database answers, migrations are at head and the listener is connected and not lagging."""
-    from ..store import migrate
-
     problems: list[str] = []
     checks: dict[str, Any] = {"listener": hub.listener.up}
     if not hub.listener.up:

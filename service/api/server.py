@@ -23,13 +23,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
+from prometheus_client import multiprocess
 
 from ..errors import HubError
 from ..logconfig import logging_config
 from ..settings import Settings
-from .app import hub_of
 from .limits import FrontDoorLimits, fit_open_file_limit
 from .metrics import MULTIPROC_ENV
+from .runtime import hub_behind
 from .uvicorn_internals import HANDLED_SIGNALS, GuardedHttpToolsProtocol, get_subprocess, startup_problem
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class HubConfig(uvicorn.Config):
 
 def count_refusal(app: Any, reason: str) -> None:
     """The front door's refusal counter (FrontDoorLimits.on_refusal): zepix_hub_refused_total{reason}."""
-    hub = hub_of(app)
+    hub = hub_behind(app)
     if hub is not None:
         hub.metrics.refusal(reason)
 
@@ -106,7 +107,7 @@ class HubServer(uvicorn.Server):
         if isinstance(front_door, FrontDoorLimits):
             fit_open_file_limit(front_door.max_connections)
         await super().startup(sockets)  # the app's lifespan first: then the hub exists
-        hub = hub_of(self.config.loaded_app)
+        hub = hub_behind(self.config.loaded_app)
         if hub is not None:
             hub.note_direct_path(startup_problem(self.config.ws_protocol_class))
             if self.replacement:
@@ -117,7 +118,7 @@ class HubServer(uvicorn.Server):
         # process (or wait for the restart), not on this one, whose uvicorn would then close it 1012.
         for server in self.servers:
             server.close()
-        hub = hub_of(self.config.loaded_app)
+        hub = hub_behind(self.config.loaded_app)
         if hub is not None:
             try:
                 await asyncio.wait_for(hub.going_away(), timeout=8)
@@ -168,8 +169,6 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
     The workers share a private PROMETHEUS_MULTIPROC_DIR, created here and deleted at exit, so that any
     worker's /metrics reports them all (service/metrics.py, docs/adr/0010-worker-metrics.md).
     """
-    from prometheus_client import multiprocess
-
     metrics_dir = tempfile.mkdtemp(prefix="zepix-hub-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by every worker started below
 

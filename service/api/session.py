@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -23,16 +23,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .. import __version__
 from ..errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
 from ..hub.connections import Client
-from ..hub.frames import (
+from ..hub.frames import PONG, control, error
+from ..protocol import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
-    PONG,
-    control,
-    error,
     parse_epoch,
     parse_seq,
 )
@@ -40,9 +38,7 @@ from ..store.database import DATABASE_UNAVAILABLE
 from ..topics import PERSISTED_TOPICS, SYS_STATUS, parse_topics
 from .asgi import abort_of, direct_of
 from .auth import Principal
-
-if TYPE_CHECKING:
-    from .app import Hub
+from .runtime import Hub
 
 log = logging.getLogger(__name__)
 

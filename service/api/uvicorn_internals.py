@@ -53,6 +53,7 @@ DIRECT_ATTRIBUTES = ("conn", "transport", "writable", "close_sent")
 
 def _sansio_class() -> type | None:
     try:
+        # Lazy and guarded: a uvicorn without this protocol (renamed or removed) costs the direct path only.
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
         return None

@@ -20,9 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from alembic.script import ScriptDirectory
 
+from ..api.auth import DEV_SECRET_FILE, describe_key, signing_key, verification_key
+from ..api.tls import check_tls as load_pair
 from ..errors import ConfigError, HubError
 from ..settings import Settings, load_settings
+from ..store import migrate
+from ..store.database import connect, resolve_dsn
 from ..store.database import mask_dsn as mask_dsn  # re-exported: doctor prints DSNs masked
 
 CONNECT_TIMEOUT_S = 5.0
@@ -60,8 +65,6 @@ def fail(name: str, detail: str, fix: str) -> Result:
 
 def check_key(settings: Settings) -> Result:
     """The key tokens are verified with, where it comes from and how strong it is (never the key itself)."""
-    from ..api.auth import describe_key, signing_key, verification_key
-
     name = "JWT key"
     try:
         key = verification_key(settings)
@@ -88,8 +91,6 @@ def check_key(settings: Settings) -> Result:
 
 
 def existing_dev_secret_file(settings: Settings) -> bool:
-    from ..api.auth import DEV_SECRET_FILE
-
     return settings.symmetric and not settings.dev_mode and not settings.jwt_secret and \
         (settings.data_dir / DEV_SECRET_FILE).is_file()
 
@@ -121,8 +122,6 @@ def check_bind(settings: Settings) -> Result:
 
 
 def check_tls(settings: Settings) -> Result:
-    from ..api.tls import check_tls as load_pair
-
     name = "TLS"
     if not settings.tls:
         return ok(name, "off: the hub serves http:// and ws:// (behind a TLS-terminating proxy, or on loopback)")
@@ -143,8 +142,6 @@ def check_audience(settings: Settings) -> Result:
 
 
 async def connect_db(dsn: str) -> tuple[asyncpg.Connection | None, Result]:
-    from ..store.database import connect
-
     name = "database"
     shown = mask_dsn(dsn)
     try:
@@ -170,8 +167,6 @@ async def connect_db(dsn: str) -> tuple[asyncpg.Connection | None, Result]:
 
 
 async def check_migrations(conn: asyncpg.Connection) -> Result:
-    from ..store import migrate
-
     name = "migrations"
     head = migrate.head_revision()
     current = await migrate.current_revision(conn)
@@ -179,8 +174,6 @@ async def check_migrations(conn: asyncpg.Connection) -> Result:
         return fail(name, "the database was never migrated", "run: zepix-hub migrate")
     if current == head:
         return ok(name, f"at head ({head})")
-    from alembic.script import ScriptDirectory
-
     known = {rev.revision for rev in ScriptDirectory.from_config(migrate.alembic_config()).walk_revisions()}
     if current not in known:
         return fail(name, f"the database is at {current}, a revision this hub does not know (head is {head})",
@@ -223,8 +216,6 @@ async def check_triggers(conn: asyncpg.Connection) -> Result:
 async def check_schemas(conn: asyncpg.Connection) -> Result:
     """What `zepix-hub migrate` refuses: a role other than the owner that may create where the hub's SECURITY
     DEFINER functions look names up (migrate.PATH_SCHEMAS) could have its own code run as the owner."""
-    from ..store import migrate
-
     name = "schema privileges"
     revokes = await migrate.unsafe_creators(conn)
     if revokes:
@@ -236,8 +227,6 @@ async def check_schemas(conn: asyncpg.Connection) -> Result:
 
 async def check_notify(conn: asyncpg.Connection, dsn: str) -> Result:
     """LISTEN on a throwaway channel here, pg_notify from a second connection, wait for it."""
-    from ..store.database import connect
-
     name = "LISTEN/NOTIFY"
     channel = f"zepix_doctor_{uuid.uuid4().hex[:12]}"
     payload = uuid.uuid4().hex
@@ -278,8 +267,6 @@ async def check_queue(conn: asyncpg.Connection) -> Result:
 
 async def run_checks(settings: Settings, emit: Callable[[Result], None]) -> list[Result]:
     """Run every check, emitting each result as soon as it is known."""
-    from ..store.database import resolve_dsn
-
     results: list[Result] = []
 
     def record(result: Result) -> None:

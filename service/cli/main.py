@@ -9,15 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 
+import asyncpg
+
+from ..api.auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
+from ..durations import parse_duration
 from ..errors import ConfigError, HubError, UnknownTopicError
-from ..hub.frames import parse_epoch, parse_seq
+from ..logconfig import JsonFormatter, RedactTokens, TextFormatter
+from ..protocol import parse_epoch, parse_seq
 from ..settings import LOG_LEVELS, Settings, display_host, load_settings
+from ..store.database import connect, reported, resolve_dsn
+from ..store.embedded import embedded_running, stop_embedded
+from ..store.events import prune
+from ..topics import parse_topics
+from .demo import run_demo
 
 log = logging.getLogger("service.cli")
 
@@ -78,8 +89,6 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _dsn(settings: Settings) -> str:
-    from ..store.database import resolve_dsn
-
     return resolve_dsn(settings)
 
 
@@ -88,7 +97,7 @@ def _dsn(settings: Settings) -> str:
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed (what `uvicorn.run` picks with loop="auto"), else asyncio's own loop."""
     try:
-        import uvloop
+        import uvloop  # optional: uvicorn[standard] brings it on most platforms, not all
     except ImportError:
         return None
     return uvloop.new_event_loop
@@ -97,8 +106,6 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve; at exit (Ctrl-C, SIGTERM, an error) stop the embedded PostgreSQL if this serve started it, and say
     on stdout what became of the database."""
-    from ..store.embedded import embedded_running, stop_embedded
-
     settings = _settings(host=args.host, port=args.port)
     if settings.database_url:
         code = _serve(args)
@@ -127,8 +134,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _other_sessions(dsn: str) -> int:
     """Client sessions on the server of `dsn` besides this one (0 when it cannot be asked)."""
-    import asyncpg
-
     async def count() -> int:
         conn = await asyncpg.connect(dsn, timeout=5)
         try:
@@ -146,10 +151,12 @@ def _other_sessions(dsn: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The server stack (FastAPI, uvicorn, Alembic: most of a second) is imported by the one command that serves,
+    # so that `token`, `tail` or `--help` start at once.
     from ..api.app import create_app
-    from ..api.auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
     from ..api.server import HubServer, run_workers, uvicorn_config
     from ..api.tls import check_tls
+    from ..store import migrate
 
     # --demo asks for dev mode unless HUB_DEV says otherwise (a demo feed beside a real key); --dev always.
     wants_dev = args.dev or (args.demo and not os.environ.get("HUB_DEV", "").strip())
@@ -159,8 +166,6 @@ def _serve(args: argparse.Namespace) -> int:
     check_tls(settings)  # a bad certificate or key: one line now, not a traceback from every worker later
     verification_key(settings)  # fail early on a missing key or an exposed dev mode, before starting a database
     dsn = _dsn(settings)
-    from ..store import migrate
-
     if settings.auto_migrate:
         migrate.upgrade(dsn)
     else:
@@ -214,8 +219,6 @@ def _serve(args: argparse.Namespace) -> int:
         announce(server.port)
         demo: asyncio.Task[None] | None = None
         if args.demo:
-            from .demo import run_demo
-
             demo = asyncio.create_task(run_demo(dsn, rate=args.rate))
             demo.add_done_callback(_report_demo_end)
         try:
@@ -240,7 +243,7 @@ def _report_demo_end(task: asyncio.Task[None]) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from ..store import migrate
+    from ..store import migrate  # Alembic and SQLAlchemy: only the commands that migrate load them (see _serve)
 
     settings = _settings()
     dsn = _dsn(settings)
@@ -250,17 +253,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from ..store import migrate
+    from ..store import migrate  # Alembic and SQLAlchemy: only the commands that migrate load them (see _serve)
 
     sys.stdout.write(migrate.offline_sql(args.revision))
     return EXIT_OK
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..durations import parse_duration
-    from ..store.database import connect, reported
-    from ..store.events import prune
-
     older_than = parse_duration(args.older_than)
     dsn = _dsn(_settings())
 
@@ -278,10 +277,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from ..api.auth import mint, signing_key
-    from ..durations import parse_duration
-    from ..topics import parse_topics
-
     settings = _settings()
     try:
         topics = parse_topics(args.topics) if args.topics else None
@@ -295,9 +290,6 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..store.database import reported
-    from .demo import run_demo
-
     dsn = _dsn(_settings())
     print(f"demo feed writing about {args.rate} operations/s; Ctrl-C to stop", file=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt), reported(dsn):
@@ -306,8 +298,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_db(args: argparse.Namespace) -> int:
-    from ..store.embedded import stop_embedded
-
     settings = _settings()
     stopped = stop_embedded(settings.data_dir)
     print("embedded PostgreSQL stopped" if stopped else "no embedded PostgreSQL running for this data dir")
@@ -381,9 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command whose module is imported only when it runs: `tail` and `doctor` carry their own stacks."""
     def run(args: argparse.Namespace) -> int:
-        import importlib
-
         func: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
         return func(args)
 
@@ -393,8 +382,6 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..logconfig import JsonFormatter, RedactTokens, TextFormatter
-
     # Lines logged before uvicorn installs the hub's config (embedded database, migrations, the event
     # loop's own) get the same redaction and, with HUB_LOG_FORMAT=json, the same one-object-per-line shape.
     early = logging.StreamHandler()

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
+from ..api.auth import DEV_SECRET_FILE, DEV_TOKEN_TTL_S, mint, signing_key
 from ..client.hub_client import Connected, Event, HubClient, HubRejected, Reconnecting, Resumed, live_url
 from ..errors import ConfigError, UnknownTopicError
 from ..settings import Settings, display_host, load_settings
@@ -167,8 +168,6 @@ def resolve_token(explicit: str | None, url: str, settings: Settings) -> str | C
     from_url = parse_qs(urlsplit(url).query).get("token")
     if from_url and from_url[0].strip():
         return from_url[0].strip()
-    from ..api.auth import DEV_SECRET_FILE, DEV_TOKEN_TTL_S, mint, signing_key
-
     # Outside dev mode tail mints only with the dev secret of a data dir where `serve --demo`/`--dev` ran.
     dev_file = os.path.lexists(settings.data_dir / DEV_SECRET_FILE)
     dev_data_dir = settings.symmetric and not settings.jwt_secret and dev_file

