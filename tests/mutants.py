@@ -142,12 +142,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume-duplicates-sent", "service/hub/connections.py",
-        old="""                        if seq <= last:
-                            continue  # already sent by the resume replay
-""",
-        new="""                        if False:
-                            continue
-""",
+        old="    return frame.seq if frame.seq > delivered else None\n",
+        new="    return frame.seq\n",
         tests=("tests/test_live.py::test_resume_while_writers_write_has_no_gap_and_no_duplicate",),
         what="live frames already sent by the resume replay are sent again (the sender's duplicate filter)",
     ),

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
-from ..errors import AuthError, ConfigError, ForbiddenTopicError
+from ..errors import AuthError, ConfigError, ForbiddenTopicError, UnknownTopicError
+from ..protocol import CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN
 from ..settings import HS_ALGORITHMS, Settings
 from ..topics import ALL_TOPICS, parse_topics
 
@@ -47,6 +48,28 @@ class Principal:
         denied = wanted - self.topics
         if denied:
             raise ForbiddenTopicError("token does not allow topic(s): " + ", ".join(sorted(denied)))
+
+
+TopicError = UnknownTopicError | ForbiddenTopicError
+#: For `except`: the topic problems topic_refusal tells the client about.
+TOPIC_ERRORS = (UnknownTopicError, ForbiddenTopicError)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRefusal:
+    """How a topic problem is told on each channel: a topic the hub does not know is the request's fault
+    (4400, 422), one the token does not allow is the token's (4003, 403); docs/protocol.md."""
+
+    code: str  # the error frame's code
+    reason: str  # the close reason when refused at connect
+    close_code: int
+    status: int  # the HTTP status of /api/events
+
+
+def topic_refusal(exc: TopicError) -> TopicRefusal:
+    if isinstance(exc, ForbiddenTopicError):
+        return TopicRefusal("forbidden_topic", "topic not allowed", CLOSE_FORBIDDEN, 403)
+    return TopicRefusal("unknown_topic", "unknown topic", CLOSE_BAD_REQUEST, 422)
 
 
 class Verifier:

@@ -16,12 +16,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, Field
 
-from ..errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
+from ..errors import AuthError, ResumeGone, UnknownTopicError
 from ..protocol import MAX_SEQ, parse_epoch
 from ..store import migrate
+from ..store.events import QUERIES
 from ..topics import ALL_TOPICS, LOG_STREAM, PERSISTED_TOPICS, SYS_STATUS, TRADE_UPDATE, parse_topics
 from .assets import STATIC_DIR, index_html
-from .auth import Principal
+from .auth import TOPIC_ERRORS, Principal, topic_refusal
 from .runtime import Hub
 from .session import Session
 
@@ -148,10 +149,8 @@ async def replay(
         if topics is not None and not _TOPICS_FORM.match(topics):
             raise UnknownTopicError("topics must be topic names separated by commas, without spaces or empty items")
         who.check_topics(wanted)
-    except UnknownTopicError as exc:
-        raise HTTPException(422, str(exc)) from None
-    except ForbiddenTopicError as exc:
-        raise HTTPException(403, str(exc)) from None
+    except TOPIC_ERRORS as exc:
+        raise HTTPException(topic_refusal(exc).status, str(exc)) from None
     try:
         page = await hub.store.read_page(since, wanted & PERSISTED_TOPICS, limit, wanted_epoch)
     except ResumeGone as exc:
@@ -198,7 +197,7 @@ async def readyz(hub: HubDep) -> JSONResponse:
     try:
         async with hub.pool.acquire(timeout=2) as conn:
             current = await migrate.current_revision(conn)
-            head = int(await conn.fetchval("SELECT head FROM event_log_status", timeout=2))
+            head = int(await conn.fetchval(QUERIES["log_head"], timeout=2))
         expected = migrate.head_revision()
         checks.update(migration=current, expected_migration=expected, head=head,
                       last_dispatched=hub.listener.last_seq)

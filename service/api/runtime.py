@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -25,7 +24,7 @@ from ..hub.heartbeat import Heartbeat
 from ..hub.listener import Listener
 from ..protocol import CLOSE_GOING_AWAY, CLOSE_LOG_RESET
 from ..settings import Settings
-from ..store.events import EventStore, prune
+from ..store.events import QUERIES, EventStore, prune
 from ..topics import NOTIFICATION
 from .auth import Verifier
 from .limits import SubjectSlots
@@ -73,9 +72,8 @@ class Hub:
         if frame.topic is not None:
             self.metrics.events.labels(topic=frame.topic).inc()
         self.metrics.frames.inc(fanout)
-        committed = event_time(frame.text)
-        if committed is not None:
-            self.metrics.latency.observe(max(0.0, time.time() - committed))
+        if frame.appended is not None:
+            self.metrics.latency.observe(max(0.0, time.time() - frame.appended))
 
     def _log_reset(self, dispatched: int, head: int, why: str) -> None:
         """The event log was restored to an earlier point or replaced under the listener: the clients hold
@@ -124,7 +122,7 @@ class Hub:
         if self.listener.up:
             async with asyncio.timeout(2):
                 async with self.pool.acquire() as conn:
-                    row = await conn.fetchrow("SELECT head, oldest, notify_queue_usage FROM event_log_status")
+                    row = await conn.fetchrow(QUERIES["hub_status"])
             assert row is not None
             self.head_hint, self.oldest_hint = int(row["head"]), int(row["oldest"])
             lag = max(0, self.head_hint - self.listener.last_seq)
@@ -183,16 +181,6 @@ class Hub:
     async def going_away(self) -> None:
         """Close every client with 1001 so they reconnect (elsewhere) and resume with since."""
         await self.manager.close_all(CLOSE_GOING_AWAY, "hub shutting down; reconnect and resume")
-
-
-def event_time(text: str) -> float | None:
-    """The append time of a database-rendered frame; jsonb puts "ts" first, so no full parse is needed."""
-    if not text.startswith('{"ts": "'):
-        return None
-    try:
-        return datetime.fromisoformat(text[8:35]).timestamp()
-    except ValueError:
-        return None
 
 
 def hub_behind(app: Any) -> Hub | None:

@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import multiprocess
 
+from ..backoff import backoff_delay
 from ..errors import HubError
 from ..logconfig import logging_config
 from ..settings import Settings
@@ -229,7 +230,7 @@ def _supervise(config: uvicorn.Config, workers: int, on_bound: Callable[[int], N
                                        f"{HEALTHY_AFTER_S:.0f} s of starting): see the log above")
                     # The first death is restarted at once (clients are waiting); a repeat waits, doubling.
                     delay[i] = (0.0 if quick_deaths[i] <= 1 else
-                                min(RESTART_MIN_S * 2 ** (quick_deaths[i] - 2), RESTART_MAX_S))
+                                backoff_delay(quick_deaths[i] - 2, RESTART_MIN_S, RESTART_MAX_S))
                     due[i] = now + delay[i]
                     log.warning("worker %d (pid %s) exited with %s; starting a new one in %.1f s",
                                 i, process.pid, process.exitcode, delay[i])

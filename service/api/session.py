@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import __version__
-from ..errors import AuthError, ForbiddenTopicError, ResumeGone, UnknownTopicError
+from ..errors import AuthError, ResumeGone
 from ..hub.connections import Client
 from ..hub.frames import PONG, control, error
 from ..protocol import (
@@ -37,7 +37,7 @@ from ..protocol import (
 from ..store.database import DATABASE_UNAVAILABLE
 from ..topics import PERSISTED_TOPICS, SYS_STATUS, parse_topics
 from .asgi import abort_of, direct_of
-from .auth import Principal
+from .auth import TOPIC_ERRORS, Principal, topic_refusal
 from .runtime import Hub
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,11 @@ class Session:
             principal.check_topics(topics)
             raw_since = ws.query_params.get("since")
             since = parse_seq(raw_since) if raw_since is not None else None
-        except ForbiddenTopicError as exc:
-            return await self._refuse(CLOSE_FORBIDDEN, "topic not allowed", error("forbidden_topic", str(exc)).text)
-        except (UnknownTopicError, ValueError) as exc:
-            code = "unknown_topic" if isinstance(exc, UnknownTopicError) else "invalid_since"
-            return await self._refuse(CLOSE_BAD_REQUEST, code.replace("_", " "), error(code, str(exc)).text)
+        except TOPIC_ERRORS as exc:
+            refusal = topic_refusal(exc)
+            return await self._refuse(refusal.close_code, refusal.reason, error(refusal.code, str(exc)).text)
+        except ValueError as exc:
+            return await self._refuse(CLOSE_BAD_REQUEST, "invalid since", error("invalid_since", str(exc)).text)
         raw_epoch = ws.query_params.get("epoch")
         epoch: str | None = None
         if raw_epoch is not None:
@@ -346,11 +346,8 @@ class Session:
             wanted = parse_topics(raw)
             if kind == "subscribe":
                 principal.check_topics(wanted)
-        except UnknownTopicError as exc:
-            client.offer(error("unknown_topic", str(exc)))
-            return
-        except ForbiddenTopicError as exc:
-            client.offer(error("forbidden_topic", str(exc)))
+        except TOPIC_ERRORS as exc:
+            client.offer(error(topic_refusal(exc).code, str(exc)))
             return
         topics = client.topics | wanted if kind == "subscribe" else client.topics - wanted
         self.hub.manager.set_topics(client, topics)

@@ -16,6 +16,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from ..backoff import backoff_delay
 from ..store.database import DATABASE_UNAVAILABLE, connect
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ async def run_demo(dsn: str, rate: float = 2.0, max_open: int = 8) -> None:
         raise ValueError("rate must be positive")
     conn = await connect(dsn, role="demo")
     trades: list[_Trade] = []
-    backoff = RECONNECT_MIN_S
+    failures = 0
     while True:
         try:
             await _feed(conn, trades, rate, max_open)
@@ -136,14 +137,15 @@ async def run_demo(dsn: str, rate: float = 2.0, max_open: int = 8) -> None:
             with contextlib.suppress(Exception):
                 await conn.close()
         while True:
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_MAX_S)
+            await asyncio.sleep(backoff_delay(failures, RECONNECT_MIN_S, RECONNECT_MAX_S))
+            failures += 1
             try:
                 conn = await connect(dsn, role="demo")
                 break
             except DATABASE_UNAVAILABLE as exc:
-                log.warning("demo feed cannot reconnect yet (%s); retrying in %.0f s", type(exc).__name__, backoff)
-        backoff = RECONNECT_MIN_S
+                log.warning("demo feed cannot reconnect yet (%s); retrying in %.0f s", type(exc).__name__,
+                            backoff_delay(failures, RECONNECT_MIN_S, RECONNECT_MAX_S))
+        failures = 0
         log.info("demo feed reconnected")
 
 

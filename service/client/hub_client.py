@@ -53,22 +53,31 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..backoff import backoff_delay
 from ..errors import HubError
-from ..protocol import CLOSE_LOG_RESET, MAX_SEQ, parse_epoch
+from ..protocol import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_LOG_RESET,
+    CLOSE_UNAUTHORIZED,
+    MAX_SEQ,
+    PEER_ABNORMAL,
+    parse_epoch,
+)
 from ..topics import parse_topics
 
 log = logging.getLogger(__name__)
 
 LIVE_PATH: Final = "/ws/live"
 #: Close codes that mean "this token or request is wrong": retrying cannot help.
-FATAL_CLOSE_CODES: Final = frozenset({4001, 4003, 4400})
+FATAL_CLOSE_CODES: Final = frozenset({CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_BAD_REQUEST})
 #: HTTP answers to the handshake worth retrying (a proxy in front of a restarting hub).
 RETRYABLE_HTTP: Final = frozenset({408, 425, 429})
 
 _FATAL_ADVICE: Final = {
-    4001: "get a new token",
-    4003: "use a token that allows these topics, or connect from an allowed origin",
-    4400: "check the topics, since and epoch parameters",
+    CLOSE_UNAUTHORIZED: "get a new token",
+    CLOSE_FORBIDDEN: "use a token that allows these topics, or connect from an allowed origin",
+    CLOSE_BAD_REQUEST: "check the topics, since and epoch parameters",
 }
 
 
@@ -187,16 +196,6 @@ def _check_token(token: str) -> None:
         raise ValueError("token must not be empty")
     if not all("!" <= c <= "~" for c in token):
         raise ValueError("token must be printable ASCII without spaces, tabs or newlines (check how it was copied)")
-
-
-def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
-    """Seconds to wait after `failures` consecutive failures (0 = the first retry).
-
-    Equal jitter: the step doubles up to `cap`; half of it is fixed (so retries
-    never hammer) and half random (so a fleet of clients does not reconnect in lockstep).
-    """
-    step = min(cap, base * 2.0 ** min(failures, 32))
-    return step / 2 + rng.uniform(0, step / 2)
 
 
 class HubClient:
@@ -465,7 +464,7 @@ def _as_epoch(value: object) -> str | None:
 def _close_of(exc: ConnectionClosed) -> tuple[int, str]:
     if exc.rcvd is not None:
         return exc.rcvd.code, exc.rcvd.reason
-    return 1006, "connection lost without a close frame"
+    return PEER_ABNORMAL, "connection lost without a close frame"
 
 
 def _describe(exc: BaseException) -> str:

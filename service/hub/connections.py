@@ -44,6 +44,17 @@ Prelude = Callable[["Client"], Awaitable[None]]
 _ids = itertools.count(1)
 
 
+def next_delivered(delivered: int, frame: Frame) -> int | None:
+    """The client's `delivered` mark once `frame` is sent, or None: skip it, it was sent already.
+
+    The resume replay runs first and sends persisted frames up to some seq; live frames queued meanwhile
+    that it covered arrive again here. Live-only frames (seq None) are always sent and move no mark.
+    """
+    if frame.seq is None:
+        return delivered
+    return frame.seq if frame.seq > delivered else None
+
+
 class DirectWriter(Protocol):
     """A socket's direct write path, as the server offers it (service/api/uvicorn_internals.py's DirectSocket).
 
@@ -100,11 +111,10 @@ class Client:
         if self.idle and direct is not None and direct.ready():
             # Nothing queued ahead and the socket takes data: write the shared frame bytes now, no task
             # switch, no ASGI layers (a transport write never blocks; backpressure shows as not ready()).
-            seq = frame.seq
-            if seq is not None:
-                if seq <= self.delivered:
-                    return
-                self.delivered = seq
+            mark = next_delivered(self.delivered, frame)
+            if mark is None:
+                return
+            self.delivered = mark
             direct.write(frame.wire)
             return
         self.idle = False  # until the sender has drained the queue, later frames queue up behind this one
@@ -184,11 +194,10 @@ class Client:
                 while queue:
                     frame = queue.popleft()
                     self.queued_bytes -= len(frame.wire)
-                    seq = frame.seq
-                    if seq is not None:
-                        if seq <= last:
-                            continue  # already sent by the resume replay
-                        last = seq
+                    mark = next_delivered(last, frame)
+                    if mark is None:
+                        continue
+                    last = mark
                     parts.append(frame.wire)
                 if parts:
                     direct.write(b"".join(parts))
@@ -197,15 +206,13 @@ class Client:
             while queue and self.close_request is None:
                 frame = queue.popleft()
                 self.queued_bytes -= len(frame.wire)
-                seq = frame.seq
-                if seq is not None:
-                    if seq <= self.delivered:
-                        continue  # already sent by the resume replay
+                mark = next_delivered(self.delivered, frame)
+                if mark is None:
+                    continue
                 self.sending_since = loop.time()
                 await self._send(frame.text)
                 self.sending_since = None
-                if seq is not None:
-                    self.delivered = seq
+                self.delivered = mark
 
     async def send_many(self, texts: list[str]) -> None:
         """Write several frames at once (a page of the resume replay), waiting first if the peer is behind."""

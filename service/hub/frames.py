@@ -21,6 +21,9 @@ class Frame:
     topic: str | None  # None for control frames (welcome, pong, error, replayed)
     seq: int | None  # None for live-only frames
     text: str
+    #: When the database appended the event (seconds since 1970), for the latency histogram; None for frames
+    #: the hub renders itself and for replayed ones.
+    appended: float | None = field(default=None, compare=False)
     wire: bytes = field(init=False, repr=False, compare=False)  # the whole WebSocket frame, header included
 
     def __post_init__(self) -> None:

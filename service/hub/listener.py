@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from ..backoff import backoff_delay
 from ..settings import Settings
 from ..store.database import connect
 from ..store.events import EventStore, Position, StoredEvent
@@ -39,6 +40,8 @@ from .frames import Frame
 log = logging.getLogger(__name__)
 
 CHANNEL = "zepix_hub_events"
+#: The first reconnect waits up to this; later ones double, up to HUB_RECONNECT_MAX_S.
+RECONNECT_MIN_S = 0.1
 
 
 class Listener:
@@ -54,6 +57,7 @@ class Listener:
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._needs_read = False
+        self._rng = random.Random()
         self._heard = False  # a notification arrived since the last safety-net tick
         self.last_seq = 0
         #: The epoch of the log last_seq belongs to (None until the start position is read). Updated with
@@ -80,7 +84,7 @@ class Listener:
 
     # -- the consumer --------------------------------------------------------------------------------
     async def run(self) -> None:
-        backoff = 0.1
+        failures = 0
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -90,7 +94,7 @@ class Listener:
                 await conn.add_listener(CHANNEL, self._on_notify)
                 await self._catch_up(conn)  # after LISTEN: whatever committed meanwhile is read or notified
                 self._set_up(True)
-                backoff = 0.1
+                failures = 0
                 await self._pump(conn)
             except asyncio.CancelledError:
                 raise
@@ -101,8 +105,8 @@ class Listener:
                     with contextlib.suppress(Exception):
                         conn.terminate()
             self._set_up(False)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self._settings.reconnect_max_s)
+            await asyncio.sleep(backoff_delay(failures, RECONNECT_MIN_S, self._settings.reconnect_max_s, self._rng))
+            failures += 1
 
     def _set_up(self, up: bool) -> None:
         if up:
@@ -159,7 +163,7 @@ class Listener:
                 continue  # the position moved to the head: read from there
             for ev in rows:
                 if ev.seq > self.last_seq:
-                    self._emit(Frame(ev.topic, ev.seq, ev.frame))
+                    self._emit(Frame(ev.topic, ev.seq, ev.frame, appended=ev.appended))
             if len(rows) <= page:
                 break
 

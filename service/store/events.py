@@ -32,7 +32,8 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
     return queries
 
 
-Q = load_queries()
+#: sql/queries.sql by name: the SQL a serving hub runs, besides the listener's LISTEN and health probe.
+QUERIES = load_queries()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class StoredEvent:
     seq: int
     topic: str
     frame: str  # the client frame, rendered once by hub_event_frame_v1
+    appended: float | None = None  # its "ts" in seconds since 1970: only the listener's read has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +74,8 @@ class Snapshot:
     logs: list[str]
 
 
-#: Run before the per-topic reads, in their transaction. Until `events` has column statistics (a young
-#: log, or right after a burst, before autovacuum's ANALYZE) the planner guesses ~0.2% of the rows match
-#: and prefers a bitmap scan that collects every matching row and sorts them, for every page: a resume
-#: of 100,000 events then reads 5 million rows. The ordered index walk costs O(page) whatever the guess.
-ORDERED_WALK = "SET LOCAL enable_bitmapscan = off"
+#: Run before the per-topic reads, in their transaction (why: sql/queries.sql, ordered_walk).
+ORDERED_WALK = QUERIES["ordered_walk"]
 
 #: The listener's reads run on its own connection, outside the pool's command_timeout: the same bound.
 READ_TIMEOUT_S = 30.0
@@ -109,7 +108,7 @@ class EventStore:
 
     async def position(self) -> Position:
         async with self._pool.acquire() as conn:
-            return _position(await conn.fetchrow(Q["log_position"]))
+            return _position(await conn.fetchrow(QUERIES["log_position"]))
 
     async def read_page(self, since: int, topics: Iterable[str] | None, limit: int,
                         epoch: str | None = None) -> Page:
@@ -122,13 +121,13 @@ class EventStore:
         """
         wanted = _topic_filter(topics)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            pos = _position(await conn.fetchrow(Q["log_position"]))
+            pos = _position(await conn.fetchrow(QUERIES["log_position"]))
             check_resumable(since, pos, epoch)
             if wanted is None:
-                rows = await conn.fetch(Q["events_after"], since, limit)
+                rows = await conn.fetch(QUERIES["events_after"], since, limit)
             elif wanted:
                 await conn.execute(ORDERED_WALK)
-                rows = await conn.fetch(Q["events_after_on_topics"], since, wanted, limit)
+                rows = await conn.fetch(QUERIES["events_after_on_topics"], since, wanted, limit)
             else:
                 rows = []
         events = [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
@@ -139,7 +138,7 @@ class EventStore:
     @staticmethod
     async def position_on(conn: asyncpg.Connection) -> Position:
         """The log's position, on the caller's connection (the listener's)."""
-        return _position(await conn.fetchrow(Q["log_position"], timeout=READ_TIMEOUT_S))
+        return _position(await conn.fetchrow(QUERIES["log_position"], timeout=READ_TIMEOUT_S))
 
     @staticmethod
     async def read_live(conn: asyncpg.Connection, since: int,
@@ -148,12 +147,12 @@ class EventStore:
         the log's epoch and all topics from `since` on, `since` itself included (it proves the log was not
         replaced under the listener), from one snapshot. The epoch is None when no event came back (there
         is then nothing to dispatch from this read). No floor check: the listener is at the head."""
-        rows = await conn.fetch(Q["events_live"], since - 1, limit, timeout=READ_TIMEOUT_S)
+        rows = await conn.fetch(QUERIES["events_live"], since - 1, limit, timeout=READ_TIMEOUT_S)
         if not rows:
             return None, []
         if rows[0]["epoch"] is None:
             raise DatabaseSetupError(NO_EPOCH)
-        return str(rows[0]["epoch"]), [StoredEvent(r["seq"], r["topic"], r["frame"]) for r in rows]
+        return str(rows[0]["epoch"]), [StoredEvent(r["seq"], r["topic"], r["frame"], r["appended"]) for r in rows]
 
     async def iter_after(self, since: int, topics: Iterable[str] | None, page: int,
                          until: int | None = None, epoch: str | None = None) -> AsyncIterator[StoredEvent]:
@@ -176,20 +175,20 @@ class EventStore:
         wanted = _topic_filter(topics)
         async with self._pool.acquire() as conn:
             if wanted is None:
-                return int(await conn.fetchval(Q["count_after"], since, cap))
+                return int(await conn.fetchval(QUERIES["count_after"], since, cap))
             if not wanted:
                 return 0
             async with conn.transaction(readonly=True):
                 await conn.execute(ORDERED_WALK)
-                return int(await conn.fetchval(Q["count_after_on_topics"], since, wanted, cap))
+                return int(await conn.fetchval(QUERIES["count_after_on_topics"], since, wanted, cap))
 
     async def snapshot(self, log_lines: int, closed_trades: int = 20) -> Snapshot:
         """Open trades, recent closed trades and log lines with the head seq, all from one database snapshot."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            pos = _position(await conn.fetchrow(Q["log_position"]))
-            open_rows = await conn.fetch(Q["open_trades"])
-            closed_rows = await conn.fetch(Q["recent_closed_trades"], closed_trades)
-            log_rows = await conn.fetch(Q["recent_logs"], log_lines)
+            pos = _position(await conn.fetchrow(QUERIES["log_position"]))
+            open_rows = await conn.fetch(QUERIES["open_trades"])
+            closed_rows = await conn.fetch(QUERIES["recent_closed_trades"], closed_trades)
+            log_rows = await conn.fetch(QUERIES["recent_logs"], log_lines)
         return Snapshot(
             head=pos.head, oldest=pos.oldest, epoch=pos.epoch,
             open_trades=[r[0] for r in open_rows],
@@ -224,13 +223,13 @@ async def prune(conn: asyncpg.Connection, older_than: timedelta, batch: int = 50
     rows are locked, a batch at a time, and the floor moves with each batch.
     """
     cutoff = datetime.now(UTC) - older_than
-    upto = await conn.fetchval(Q["prune_cutoff"], cutoff)
+    upto = await conn.fetchval(QUERIES["prune_cutoff"], cutoff)
     total = 0
-    floor = int(await conn.fetchval("SELECT pruned_through FROM event_retention"))
+    floor = int(await conn.fetchval(QUERIES["retention_floor"]))
     if upto is None:
         return 0, floor
     while True:
-        row = await conn.fetchrow(Q["prune_batch"], upto, batch)
+        row = await conn.fetchrow(QUERIES["prune_batch"], upto, batch)
         assert row is not None
         deleted = int(row["deleted"])
         if row["floor"] is not None:
