@@ -66,8 +66,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "snapshot-logs-without-log_stream", "service/api/routes.py",
-        old="trades_ok, logs_ok = TRADE_UPDATE in who.topics, LOG_STREAM in who.topics",
-        new="trades_ok, logs_ok = TRADE_UPDATE in who.topics, True",
+        old="trades_ok, logs_ok = TRADE_UPDATE in caller.topics, LOG_STREAM in caller.topics",
+        new="trades_ok, logs_ok = TRADE_UPDATE in caller.topics, True",
         tests=("tests/test_replay_api.py::test_snapshot_is_consistent_with_its_head",),
         what="/api/snapshot returns log lines to a token without log_stream",
     ),

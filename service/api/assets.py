@@ -1,11 +1,7 @@
 """The dashboard's static files, with URLs that change whenever a file's content does (cache-busting).
 
-The page links `static/app.js?v=<hash of app.js>`: after an upgrade the browser
-(or a proxy or CDN in between) asks for a URL it has never seen, so it cannot
-serve yesterday's file. A request with the current hash may be cached for a
-year (`immutable`: that URL's content never changes); anything else (no `v`,
-or an old one from a page loaded before the upgrade) is revalidated on every
-load, so it costs a 304 when unchanged.
+The page links `static/app.js?v=<hash>`: after an upgrade no browser, proxy or CDN can serve yesterday's file.
+The current hash is cached for a year (`immutable`); any other URL is revalidated on every load.
 """
 
 from __future__ import annotations

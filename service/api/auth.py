@@ -1,11 +1,8 @@
 """JWT verification and minting: the only module that imports jose.
 
-Policy: the algorithm allow-list comes from settings, never from the token;
-`exp` is required; `aud` is required (HUB_JWT_AUDIENCE, default `zepix-hub`,
-off only when set empty) and `iss` when configured; `alg: none` and HS/RS
-confusion are rejected before any signature check. Error messages are short,
-fixed strings that never echo the token, and no message ever echoes a key
-setting's value: it may be key material in any form.
+The algorithm allow-list comes from settings, never from the token; `exp` and `aud` are required, `iss` when
+configured; `alg: none` and HS/RS confusion are refused before any signature check. Messages never echo a
+token or a key setting's value (docs/adr/0008-dev-mode-and-audience.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The hub's connection limits: the front door's (FrontDoorLimits, enforced by the HTTP protocol in
-service/uvicorn_internals.py) and the per-subject WebSocket slots.
+service/api/uvicorn_internals.py) and the per-subject WebSocket slots.
 
 Counted in the process, like every other limit of the hub: with several workers each has its own count.
 Why these limits and where each bites: docs/adr/0009-front-door-limits.md.

@@ -1,11 +1,7 @@
 """Prometheus metrics of one hub process, in a registry owned by its app (not the global one).
 
-Under `serve --workers N` the supervisor gives its workers a private
-PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode): each worker
-writes its values there and /metrics, whichever worker answers, adds them all
-up (docs/adr/0010-worker-metrics.md). Each gauge says how: `livesum` for
-counts, `liveall` (one series per live worker, `pid` label) for per-worker
-state, `max`/`min` where one figure is wanted.
+Under `serve --workers N` every worker writes to a private PROMETHEUS_MULTIPROC_DIR and /metrics, whichever
+worker answers, adds them up; each gauge says how (`livesum`, `liveall`, `max`/`min`) (docs/adr/0010-worker-metrics.md).
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ..protocol import LABELLED_CLOSE_CODES
 
-#: Set by the worker supervisor (service/server.py); unset, /metrics is this process's registry.
+#: Set by the worker supervisor (service/api/server.py); unset, /metrics is this process's registry.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Why a connection was turned away (or, write_stalled, dropped) at the front door: docs/protocol.md, "Refusals".
@@ -51,7 +47,7 @@ class Metrics:
         self.replayed = Counter("zepix_hub_replayed_events_total", "Events sent by resume replays", registry=r)
         self.queue_peak = Gauge("zepix_hub_queue_depth_peak", "Highest client queue depth seen", registry=r,
                                 multiprocess_mode="max")
-        # The fast path (service/asgi.py) writes to uvicorn's transport directly; a uvicorn release that
+        # The fast path (service/api/asgi.py) writes to uvicorn's transport directly; a uvicorn release that
         # renames what it relies on sends every client down the slower ASGI path, which this shows.
         self.writers = Counter("zepix_hub_connections_by_writer_total",
                                "Connections accepted, by how frames reach the socket: direct (the transport) or asgi",

@@ -129,7 +129,7 @@ EPOCH_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0
                 "since is no longer retained, or epoch is not the log's: reload from /api/snapshot")}})
 async def replay(
     hub: HubDep,
-    who: PrincipalDep,
+    caller: PrincipalDep,
     since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with seq > since"), Digits],
     topics: Annotated[str | None, Query(max_length=200, json_schema_extra={"pattern": TOPICS_PATTERN},
                                         description="Comma-separated topics (default: every persisted "
@@ -145,10 +145,10 @@ async def replay(
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     try:
-        wanted = parse_topics(topics) if topics is not None else who.topics & PERSISTED_TOPICS
+        wanted = parse_topics(topics) if topics is not None else caller.topics & PERSISTED_TOPICS
         if topics is not None and not _TOPICS_FORM.match(topics):
             raise UnknownTopicError("topics must be topic names separated by commas, without spaces or empty items")
-        who.check_topics(wanted)
+        caller.check_topics(wanted)
     except TOPIC_ERRORS as exc:
         raise HTTPException(topic_refusal(exc).status, str(exc)) from None
     try:
@@ -163,14 +163,14 @@ async def replay(
 
 
 @router.get("/api/snapshot", response_model=SnapshotBody, responses=AUTH_ERRORS)
-async def snapshot(hub: HubDep, who: PrincipalDep) -> Response:
+async def snapshot(hub: HubDep, caller: PrincipalDep) -> Response:
     """Open trades, recent closed trades and log lines, with the `head` seq of the same database snapshot.
 
     Render this, then connect with since=head&epoch=epoch: no gap, no double, no other log.
     """
     snap = await hub.store.snapshot(hub.settings.snapshot_logs)
-    trades_ok, logs_ok = TRADE_UPDATE in who.topics, LOG_STREAM in who.topics
-    status = hub.heartbeat.latest_data if SYS_STATUS in who.topics else None
+    trades_ok, logs_ok = TRADE_UPDATE in caller.topics, LOG_STREAM in caller.topics
+    status = hub.heartbeat.latest_data if SYS_STATUS in caller.topics else None
     body = (
         f'{{"head":{snap.head},"oldest":{snap.oldest},"epoch":"{snap.epoch}",'
         f'"open_trades":[{",".join(snap.open_trades) if trades_ok else ""}],'

@@ -46,7 +46,7 @@ class Hub:
         self.subject_slots = SubjectSlots(settings.max_connections_per_subject)
         self.listener = Listener(dsn, self.store, settings, dispatch=self.dispatch, on_state=self._listener_state,
                                  on_reset=self._log_reset)
-        self.heartbeat = Heartbeat(settings.heartbeat_s, broadcast=self.manager.broadcast, extras=self._extras)
+        self.heartbeat = Heartbeat(settings.heartbeat_s, broadcast=self.manager.broadcast, fields=self._measure)
         self.oldest_hint = 0
         self.head_hint = 0
         self._queue_peak = 0
@@ -54,12 +54,12 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
 
     def note_direct_path(self, problem: str | None) -> None:
-        """Record whether the direct write path (service/uvicorn_internals.py) works; say once why it does not."""
+        """Record whether the direct write path (service/api/uvicorn_internals.py) works; say once why it does not."""
         self.metrics.direct_path.set(0 if problem else 1)
         if problem is not None and not self._direct_warned:
             self._direct_warned = True
             log.warning("the direct write path is not available, frames take the slower ASGI path: %s "
-                        "(zepix_hub_direct_write_path is 0; see service/uvicorn_internals.py)", problem)
+                        "(zepix_hub_direct_write_path is 0; see service/api/uvicorn_internals.py)", problem)
 
     def direct_fallback(self) -> None:
         """A WebSocket connection without the direct write path (another server, protocol or uvicorn); the
@@ -109,8 +109,11 @@ class Hub:
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
-    async def _extras(self) -> dict[str, object]:
-        extras: dict[str, object] = {
+    async def _measure(self) -> dict[str, object]:
+        """The hub's own fields of each sys_status (connections, last_seq, listener; head and lag when the
+        database answers), read from the manager, the listener and event_log_status; sets the matching gauges
+        on the way."""
+        fields: dict[str, object] = {
             "connections": len(self.manager),
             "last_seq": self.listener.last_seq,
             "listener": "up" if self.listener.up else "down",
@@ -126,10 +129,10 @@ class Hub:
             assert row is not None
             self.head_hint, self.oldest_hint = int(row["head"]), int(row["oldest"])
             lag = max(0, self.head_hint - self.listener.last_seq)
-            extras.update(head=self.head_hint, lag=lag)
+            fields.update(head=self.head_hint, lag=lag)
             self.metrics.listener_lag.set(lag)
             self.metrics.notify_queue.set(float(row["notify_queue_usage"]))
-        return extras
+        return fields
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.listener.start_position()

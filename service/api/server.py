@@ -1,9 +1,8 @@
-"""HubServer: uvicorn's Server, with the hub's close codes on shutdown.
+"""HubServer: uvicorn's Server, with the hub's close codes on shutdown, and the worker supervisor.
 
-uvicorn closes open WebSockets with 1012 when it shuts down; the hub's
-protocol promises 1001 ("going away": reconnect and resume). So before
-uvicorn's own shutdown, HubServer asks the hub to close every client with 1001
-and waits for them (bounded).
+uvicorn closes open WebSockets with 1012 at shutdown; the protocol promises 1001 ("going away": reconnect and
+resume), so HubServer closes every client 1001 first and waits for them, bounded
+(docs/adr/0003-close-codes.md, docs/adr/0010-worker-metrics.md).
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
                                    max_header_bytes=settings.max_header_bytes,
                                    header_timeout_s=settings.header_timeout_s,
                                    send_timeout_s=settings.send_timeout_s, on_refusal=count_refusal),
-        # httptools, as uvicorn[standard] would pick, with the limits uvicorn lacks (service/uvicorn_internals.py).
+        # httptools, as uvicorn[standard] would pick, with the limits uvicorn lacks (service/api/uvicorn_internals.py).
         http=GuardedHttpToolsProtocol,
         host=host or settings.host,
         port=settings.port if port is None else port,
@@ -85,7 +84,7 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str | None = None, por
         # (zepix-hub bench S2D), and such clients cannot share the pre-built frame bytes.
         ws_per_message_deflate=False,
         log_config=logging_config(settings.log_level, settings.log_format),
-        # Checked (service/tls.py) before this runs; uvicorn loads the pair again in every worker.
+        # Checked (service/api/tls.py) before this runs; uvicorn loads the pair again in every worker.
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
         # X-Forwarded-For/-Proto only from the proxy (HUB_FORWARDED_ALLOW_IPS), never from uvicorn's own
@@ -168,7 +167,7 @@ def run_workers(config: uvicorn.Config, workers: int, on_bound: Callable[[int], 
     get 1001).
 
     The workers share a private PROMETHEUS_MULTIPROC_DIR, created here and deleted at exit, so that any
-    worker's /metrics reports them all (service/metrics.py, docs/adr/0010-worker-metrics.md).
+    worker's /metrics reports them all (service/api/metrics.py, docs/adr/0010-worker-metrics.md).
     """
     metrics_dir = tempfile.mkdtemp(prefix="zepix-hub-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by every worker started below

@@ -1,10 +1,8 @@
 """One WebSocket client's life on /ws/live: handshake, resume, client messages, token expiry.
 
-The session owns its token-expiry timer and reads the socket; the
-ConnectionManager owns the client's sender task, the only writer after the
-welcome frame. Whatever the client sends, the outcome is an error frame or a
-documented close code (docs/protocol.md), never an exception that reaches
-uvicorn or another client.
+The session reads the socket and owns the expiry timer; the ConnectionManager's sender task is the only
+writer after the welcome. Whatever a client sends ends in an error frame or a documented close code
+(docs/protocol.md, docs/adr/0003-close-codes.md), never an exception that reaches uvicorn.
 """
 
 from __future__ import annotations

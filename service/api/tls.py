@@ -1,9 +1,7 @@
 """TLS served by the hub itself: check HUB_TLS_CERT/HUB_TLS_KEY before anything starts.
 
-uvicorn loads the certificate only when its server starts (in every worker), and a bad file there ends in a
-traceback from deep inside `ssl`, or, for an encrypted key, in OpenSSL asking for a passphrase on the terminal.
-`check_tls` loads the pair once up front, the way uvicorn will, and turns each failure into one line that
-names the setting and the file (never the key's contents).
+`check_tls` loads the pair once, as uvicorn will in every worker, and turns each failure into one line that
+names the setting and the file, never the key (docs/adr/0011-tls-and-proxy.md).
 """
 
 from __future__ import annotations

@@ -1,29 +1,8 @@
 """Every use of uvicorn's internals, fenced in one module (pyproject.toml bounds uvicorn to the tested releases).
 
-Two hub features need what ASGI does not offer:
-
-- the direct write path: a finished WebSocket frame written straight to the
-  transport of uvicorn's websockets-sansio protocol (attributes `conn`,
-  `transport`, `writable`, `close_sent`), without an ASGI round trip;
-- the abort: dropping a connection whose peer stopped reading (`transport`).
-
-And the worker supervisor starts processes with uvicorn's private
-`get_subprocess` and handles the signals uvicorn's Server does. And the front
-door (GuardedHttpToolsProtocol) subclasses uvicorn's httptools protocol to
-bound what a stranger can hold before a request is complete (ADR 0009):
-at most `max_connections` connections (one over it: 503 before anything is
-read), a request head of at most `max_header_bytes` (431), a complete head
-within `header_timeout_s`, and a response write stalled for `send_timeout_s`
-reset. Once a WebSocket is open none of this applies.
-
-When a uvicorn release (or another server, or another WebSocket protocol)
-no longer offers these attributes, the hub still works, through the ASGI
-path, at a higher cost per frame, and says so: a warning at start-up
-(`startup_problem`) and per process at the first connection concerned, and
-the metrics `zepix_hub_direct_write_path` (0) and
-`zepix_hub_connections_by_writer_total{writer="asgi"}`. Upgrading uvicorn: run the suite
-against the new release (tests/test_uvicorn_fence.py checks this module),
-then widen the bound in pyproject.toml.
+The direct write path and the abort (docs/adr/0002-backpressure.md), the front door's limits
+(docs/adr/0009-front-door-limits.md) and the worker supervisor's process start. Without them the hub still
+works, through the ASGI path and slower, and says so; tests/test_uvicorn_fence.py checks this module.
 """
 
 from __future__ import annotations
@@ -46,6 +25,32 @@ from websockets.server import ServerProtocol
 from .limits import FrontDoorLimits
 
 log = logging.getLogger(__name__)
+
+# What this module takes from uvicorn, and what happens without it:
+# Two hub features need what ASGI does not offer:
+#
+# - the direct write path: a finished WebSocket frame written straight to the
+#   transport of uvicorn's websockets-sansio protocol (attributes `conn`,
+#   `transport`, `writable`, `close_sent`), without an ASGI round trip;
+# - the abort: dropping a connection whose peer stopped reading (`transport`).
+#
+# And the worker supervisor starts processes with uvicorn's private
+# `get_subprocess` and handles the signals uvicorn's Server does. And the front
+# door (GuardedHttpToolsProtocol) subclasses uvicorn's httptools protocol to
+# bound what a stranger can hold before a request is complete (ADR 0009):
+# at most `max_connections` connections (one over it: 503 before anything is
+# read), a request head of at most `max_header_bytes` (431), a complete head
+# within `header_timeout_s`, and a response write stalled for `send_timeout_s`
+# reset. Once a WebSocket is open none of this applies.
+#
+# When a uvicorn release (or another server, or another WebSocket protocol)
+# no longer offers these attributes, the hub still works, through the ASGI
+# path, at a higher cost per frame, and says so: a warning at start-up
+# (`startup_problem`) and per process at the first connection concerned, and
+# the metrics `zepix_hub_direct_write_path` (0) and
+# `zepix_hub_connections_by_writer_total{writer="asgi"}`. Upgrading uvicorn: run the suite
+# against the new release (tests/test_uvicorn_fence.py checks this module),
+# then widen the bound in pyproject.toml.
 
 #: What the direct write path reads and writes on uvicorn's protocol object.
 DIRECT_ATTRIBUTES = ("conn", "transport", "writable", "close_sent")

@@ -1,11 +1,8 @@
 """`zepix-hub doctor`: check what the hub needs, one line per check, each failure with its fix.
 
-Checks, in order: the security-relevant settings (dev mode, bind address, TLS,
-audience check, JWT key and its strength), the database connection, the
-migration revision, the capture triggers and functions, who may create objects
-where the hub's functions look names up, a LISTEN/NOTIFY round trip, and the
-NOTIFY queue usage. Checks that need the database are skipped
-(and count as failed) when it cannot be reached. Exit 0 when all pass, 1 otherwise.
+Settings that matter for security (dev mode, bind, TLS, audience, the JWT key), then the database: connection,
+migration, capture triggers, schema privileges, a LISTEN/NOTIFY round trip, the NOTIFY queue. Checks that
+need an unreachable database count as failed. Exit 0 when all pass, 1 otherwise.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""`zepix-hub tail`: follow the live stream in the terminal.
+"""`zepix-hub tail`: follow the live stream in the terminal, through HubClient.
 
-Events go to stdout, one line each (or the raw JSON frame with --json), so the
-output pipes cleanly into grep or jq; connection news (connected, resumed,
-reconnecting, could not recover) goes to stderr. Colours only on a terminal
-and only when NO_COLOR is not set.
+Events go to stdout, one line each (or the raw frame with --json), so the output pipes into grep or jq;
+connection news goes to stderr. Colours only on a terminal without NO_COLOR.
 """
 
 from __future__ import annotations

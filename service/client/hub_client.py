@@ -1,38 +1,8 @@
 """HubClient: follow a zepix-hub's live stream from Python, with reconnect and resume.
 
-    async with HubClient("http://127.0.0.1:8000", token, topics=["trade_update"]) as client:
-        async for item in client:
-            if isinstance(item, Event):
-                apply(item)
-            elif isinstance(item, Resumed) and not item.recovered:
-                reload_state()  # GET /api/snapshot, then keep applying events with seq > its head
-
-What the iterator yields, in order, for every connection it makes:
-`Connected` (the welcome), then for a resume the missed events and one
-`Resumed` (the hub's `replayed` frame), then live `Event`s; when the
-connection drops, one `Reconnecting` before it waits and tries again.
-
-Failures:
-- closes 4001 (bad or expired token), 4003 (topic or origin not allowed) and
-  4400 (bad query), and an HTTP 4xx answer to the handshake (wrong URL, a proxy
-  refusing the token), raise `HubRejected`: retrying the same request cannot
-  succeed, so the client does not retry;
-- a close 4410 (the hub found its event log restored to an earlier point)
-  reconnects without `since` and then yields `Resumed(recovered=False)`: the
-  seqs we hold may name other events now, so reload state from /api/snapshot;
-- every resume sends the log's `epoch` with `since` (the one the hub gave with
-  the seqs we hold: welcome, replayed, or the constructor's `epoch`): after a
-  restore fence or a rebuilt database the hub answers `Resumed(recovered=False,
-  reason="event log replaced")` instead of replaying another log;
-- every other close (1001 hub restarting, 1006 connection lost, 1011, 1012,
-  1013 database unavailable, 4008 too slow, ...), refused or timed-out
-  connections and 5xx handshake answers are retried forever (or `max_attempts`
-  consecutive times, then `HubUnavailable`), with capped exponential backoff
-  and jitter, resuming with `since=<last seq>`: no event is lost or repeated;
-- the socket is closed on every path: normal end, exception, cancellation,
-  `aclose()` / leaving `async with`, and a consumer that breaks out of the
-  loop (the generator is finalised by the event loop right after the break;
-  use `async with` for a deterministic close).
+It yields Connected, the missed events and Resumed after every reconnect, then live Events; it retries
+what can succeed (with backoff) and raises HubRejected for what cannot (docs/protocol.md,
+docs/adr/0003-close-codes.md). Usage and failure rules: class HubClient.
 """
 
 from __future__ import annotations
@@ -200,6 +170,40 @@ def _check_token(token: str) -> None:
 
 class HubClient:
     """Async iterator over a hub's live stream that reconnects and resumes by seq.
+
+        async with HubClient("http://127.0.0.1:8000", token, topics=["trade_update"]) as client:
+            async for item in client:
+                if isinstance(item, Event):
+                    apply(item)
+                elif isinstance(item, Resumed) and not item.recovered:
+                    reload_state()  # GET /api/snapshot, then keep applying events with seq > its head
+
+    What the iterator yields, in order, for every connection it makes:
+    `Connected` (the welcome), then for a resume the missed events and one
+    `Resumed` (the hub's `replayed` frame), then live `Event`s; when the
+    connection drops, one `Reconnecting` before it waits and tries again.
+
+    Failures:
+    - closes 4001 (bad or expired token), 4003 (topic or origin not allowed) and
+      4400 (bad query), and an HTTP 4xx answer to the handshake (wrong URL, a proxy
+      refusing the token), raise `HubRejected`: retrying the same request cannot
+      succeed, so the client does not retry;
+    - a close 4410 (the hub found its event log restored to an earlier point)
+      reconnects without `since` and then yields `Resumed(recovered=False)`: the
+      seqs we hold may name other events now, so reload state from /api/snapshot;
+    - every resume sends the log's `epoch` with `since` (the one the hub gave with
+      the seqs we hold: welcome, replayed, or the constructor's `epoch`): after a
+      restore fence or a rebuilt database the hub answers `Resumed(recovered=False,
+      reason="event log replaced")` instead of replaying another log;
+    - every other close (1001 hub restarting, 1006 connection lost, 1011, 1012,
+      1013 database unavailable, 4008 too slow, ...), refused or timed-out
+      connections and 5xx handshake answers are retried forever (or `max_attempts`
+      consecutive times, then `HubUnavailable`), with capped exponential backoff
+      and jitter, resuming with `since=<last seq>`: no event is lost or repeated;
+    - the socket is closed on every path: normal end, exception, cancellation,
+      `aclose()` / leaving `async with`, and a consumer that breaks out of the
+      loop (the generator is finalised by the event loop right after the break;
+      use `async with` for a deterministic close).
 
     `url`: the hub (http(s)://HOST:PORT or ws(s)://HOST:PORT/ws/live).
     `token`: a JWT, or a function returning one, called before every connection

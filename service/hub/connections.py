@@ -1,21 +1,8 @@
 """ConnectionManager: fan-out of frames to WebSocket clients that one slow client cannot stall.
 
-Policy (docs/adr/0002-backpressure.md):
-- `broadcast` never awaits. A frame is serialised once and its WebSocket
-  bytes built once. For a client whose sender is idle and whose transport is
-  below its high-water mark, broadcast writes those bytes straight to the
-  transport (a write never blocks); otherwise it appends the frame to the
-  client's bounded queue and wakes the client's sender task.
-- Each client has exactly one sender task; it and that direct write (only
-  while the sender is parked with an empty queue) are the only writers to the
-  socket, so frames keep their order.
-- A client whose queue passes `queue_max_frames` or `queue_max_bytes` is
-  closed with 4008 and a reason naming the last seq handed to its socket; one
-  whose socket write stalls longer than `send_timeout_s` is reset (no close
-  frame can get through its full buffers). Either way it loses nothing: it
-  resumes with `since` from the event store.
-- The manager is owned by the app's lifespan. `close_all` (shutdown) closes
-  every client with 1001 and awaits every sender task.
+`broadcast` never awaits; each client has a bounded queue and one sender task. A client that falls
+behind is closed 4008 (or reset when its socket stalls) and resumes with `since`, losing nothing
+(docs/adr/0002-backpressure.md). The whole policy: class ConnectionManager.
 """
 
 from __future__ import annotations
@@ -265,6 +252,23 @@ class ConnectionManager:
     """All clients of this hub process, indexed by topic for a cheap broadcast.
 
     Owned by the app's lifespan (one per app, not a module global).
+
+    Policy (docs/adr/0002-backpressure.md):
+    - `broadcast` never awaits. A frame is serialised once and its WebSocket
+      bytes built once. For a client whose sender is idle and whose transport is
+      below its high-water mark, broadcast writes those bytes straight to the
+      transport (a write never blocks); otherwise it appends the frame to the
+      client's bounded queue and wakes the client's sender task.
+    - Each client has exactly one sender task; it and that direct write (only
+      while the sender is parked with an empty queue) are the only writers to the
+      socket, so frames keep their order.
+    - A client whose queue passes `queue_max_frames` or `queue_max_bytes` is
+      closed with 4008 and a reason naming the last seq handed to its socket; one
+      whose socket write stalls longer than `send_timeout_s` is reset (no close
+      frame can get through its full buffers). Either way it loses nothing: it
+      resumes with `since` from the event store.
+    - The manager is owned by the app's lifespan. `close_all` (shutdown) closes
+      every client with 1001 and awaits every sender task.
     """
 
     def __init__(self, settings: Settings) -> None:

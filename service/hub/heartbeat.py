@@ -1,9 +1,7 @@
 """The sys_status heartbeat: a psutil sample every HUB_HEARTBEAT_S seconds, broadcast live.
 
-Owned by the app's lifespan (started as a task, cancelled on shutdown). The
-sample never blocks the loop: `cpu_percent(interval=None)` compares with the
-previous call instead of sleeping. `latest` is handed to every new client right
-after its welcome frame, so nobody waits up to a period for the first status.
+Owned by the app's lifespan. Sampling never blocks the loop (cpu_percent compares with the previous call);
+`latest` goes to every new client right after its welcome, so nobody waits a period for a status.
 """
 
 from __future__ import annotations
@@ -24,10 +22,10 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     def __init__(self, period_s: float, *, broadcast: Callable[[Frame], object],
-                 extras: Callable[[], Awaitable[dict[str, object]]]) -> None:
+                 fields: Callable[[], Awaitable[dict[str, object]]]) -> None:
         self._period = period_s
         self._broadcast = broadcast
-        self._extras = extras
+        self._fields = fields
         self._process = psutil.Process(os.getpid())
         self._started = time.monotonic()
         self.degraded = False
@@ -50,9 +48,9 @@ class Heartbeat:
             "uptime_s": round(time.monotonic() - self._started),
         }
         try:
-            data.update(await self._extras())
-        except Exception as exc:  # extras come from the database, which may be away: status still goes out
-            log.debug("heartbeat extras unavailable: %s", exc)
+            data.update(await self._fields())
+        except Exception as exc:  # fields come from the database, which may be away: status still goes out
+            log.debug("heartbeat fields unavailable: %s", exc)
         # Read again after the await: the listener may have gone down (or come back) meanwhile, and a sample
         # saying RUNNING must not reach clients after the "Connection Lost" notification.
         data["status"] = self.status

@@ -1,23 +1,8 @@
-"""The listener: one dedicated LISTEN connection per hub process, turning NOTIFY into ordered frames.
+"""The listener: one dedicated LISTEN connection per hub process, turning NOTIFY wake-ups into ordered frames.
 
-NOTIFY is only a wake-up. Every frame a client gets is read from the event
-store (`seq > last_seq`, in seq order), never taken from a notification's
-payload: PostgreSQL lets any role that can connect NOTIFY any channel, so a
-payload proves nothing, and trusting one would let a stray or forged NOTIFY
-with the next seq push a real event aside for every live client. A
-notification, whatever it carries, only says "read now"; notifications that
-arrive during a read are folded into the next one, so under load one read
-drains many commits. The 1 s safety-net timer and every reconnect read too.
-Because seq order is commit order (docs/adr/0001-commit-ordered-seq.md),
-reading after the last dispatched seq never misses an event, and dispatching
-in seq order means every client sees one order, the same in every hub process.
-
-Ownership and failure: the app's lifespan starts `run()` as a task and cancels
-it on shutdown. The connection is not from the pool (a pooled connection runs
-UNLISTEN on release). A dead connection is noticed by asyncpg's termination
-callback or by a periodic `SELECT 1` with a timeout; the listener then reports
-DOWN, reconnects with capped exponential backoff and jitter, LISTENs first and
-catches up second, so nothing committed in between is lost.
+A NOTIFY only says "read now": every frame is read from the event store after the last dispatched seq,
+never taken from a payload (docs/adr/0005-notify-is-a-wake-up.md); seq order is commit order
+(docs/adr/0001-commit-ordered-seq.md), so every client sees one order. Failure handling: class Listener.
 """
 
 from __future__ import annotations
@@ -45,6 +30,28 @@ RECONNECT_MIN_S = 0.1
 
 
 class Listener:
+    """Reads committed events after `last_seq` and dispatches them in seq order, woken by NOTIFY.
+
+    NOTIFY is only a wake-up. Every frame a client gets is read from the event
+    store (`seq > last_seq`, in seq order), never taken from a notification's
+    payload: PostgreSQL lets any role that can connect NOTIFY any channel, so a
+    payload proves nothing, and trusting one would let a stray or forged NOTIFY
+    with the next seq push a real event aside for every live client. A
+    notification, whatever it carries, only says "read now"; notifications that
+    arrive during a read are folded into the next one, so under load one read
+    drains many commits. The 1 s safety-net timer and every reconnect read too.
+    Because seq order is commit order (docs/adr/0001-commit-ordered-seq.md),
+    reading after the last dispatched seq never misses an event, and dispatching
+    in seq order means every client sees one order, the same in every hub process.
+
+    Ownership and failure: the app's lifespan starts `run()` as a task and cancels
+    it on shutdown. The connection is not from the pool (a pooled connection runs
+    UNLISTEN on release). A dead connection is noticed by asyncpg's termination
+    callback or by a periodic `SELECT 1` with a timeout; the listener then reports
+    DOWN, reconnects with capped exponential backoff and jitter, LISTENs first and
+    catches up second, so nothing committed in between is lost.
+    """
+
     def __init__(self, dsn: str, store: EventStore, settings: Settings, *,
                  dispatch: Callable[[Frame], None], on_state: Callable[[bool], None],
                  on_reset: Callable[[int, int, str], None]) -> None:

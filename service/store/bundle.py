@@ -1,10 +1,7 @@
 """Where the files that ship beside the code live: alembic.ini, migrations/ and sql/.
 
-A checkout keeps them at the repository root (where DBAs and `alembic upgrade
-head` expect them). A wheel carries the same three, in the same layout, as
-package data under `service/_db/` (pyproject.toml maps the root there), so an
-installed `zepix-hub` migrates from any directory. `root()` finds whichever of
-the two this `service` package came with, through importlib.resources.
+A checkout keeps them at the repository root; a wheel carries them as package data under `service/_db/`
+(pyproject.toml maps the root there). `root()` finds whichever of the two this `service` came with.
 """
 
 from __future__ import annotations

