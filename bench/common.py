@@ -15,7 +15,8 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-CHANNEL = "zepix_hub_events"  # the hub's NOTIFY channel; the baseline and the ceiling LISTEN on it too
+# Re-exported (naive.py, ceiling.py, scenarios.py): the baselines and the ceiling LISTEN where the hub does.
+from service.hub.listener import CHANNEL as CHANNEL
 T_KEY = "bench_t"  # key of the writer's timestamp in logs.context
 #: Since migration 0006 the NOTIFY payload is the seq alone (LISTEN needs no privilege, so it carries no
 #: data): the baseline and the ceiling read the frames of the seqs they were told about, as the hub does.

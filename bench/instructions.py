@@ -32,7 +32,7 @@ from pathlib import Path
 
 import asyncpg
 
-from service import migrate
+from service.store import migrate
 
 from .capture import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
 

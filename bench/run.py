@@ -46,11 +46,11 @@ from typing import Any
 import asyncpg
 import psutil
 
-from service import migrate
-from service.auth import mint
-from service.doctor import APPEND_FUNCTION
-from service.embedded import destroy_scratch, start_scratch, with_database
+from service.api.auth import mint
+from service.cli.doctor import APPEND_FUNCTION
 from service.settings import load_settings
+from service.store import migrate
+from service.store.embedded import destroy_scratch, start_scratch, with_database
 
 from .capture import BARE_NOTIFY_SQL, DROP_CAPTURE_SQL, PREVIOUS_CAPTURE
 from .common import raise_nofile

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from service.store import ORDERED_WALK, Q
+from service.store.events import ORDERED_WALK, QUERIES
 
 from .common import Command, percentile, run_async, serve_commands
 
@@ -137,9 +137,9 @@ class Writer:
         t0 = time.perf_counter()
         while True:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                await conn.fetchrow(Q["log_position"])
+                await conn.fetchrow(QUERIES["log_position"])
                 await conn.execute(ORDERED_WALK)
-                rows = await conn.fetch(Q["events_after_on_topics"], since, ["log_stream"], limit)
+                rows = await conn.fetch(QUERIES["events_after_on_topics"], since, ["log_stream"], limit)
             events += len(rows)
             if len(rows) < limit:
                 break

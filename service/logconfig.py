@@ -1,11 +1,8 @@
 """Logging: text or JSON lines, and a filter that keeps tokens out of every line.
 
-The filter sits on the handlers, so it sees every record, including uvicorn's
-access log (which prints query strings) and its WebSocket handshake lines.
-
-A record is one line: control characters in a message (a token's `sub`, a
-decoded request path) are escaped, so no value can start a line that looks
-like another record. Traceback and stack lines are indented under their record.
+The filter sits on the handlers, so it sees every record, uvicorn's access log (query strings) included.
+A record is one line: control characters are escaped, so no value can start a line that looks like another
+record; traceback lines are indented under their record (docs/adr/0012-concern-packages.md).
 """
 
 from __future__ import annotations

@@ -6,12 +6,14 @@ can construct several hubs with different settings in one process.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .durations import parse_duration
 from .errors import ConfigError
 
 HS_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -152,8 +154,6 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _retention_parses(self) -> Settings:
         if self.retention:
-            from .durations import parse_duration
-
             parse_duration(self.retention)
         return self
 
@@ -184,8 +184,6 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment plus explicit overrides, turning pydantic's errors into ConfigError."""
-    from pydantic import ValidationError
-
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -197,8 +195,6 @@ def load_settings(**overrides: object) -> Settings:
 
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 and `localhost`; a wildcard, any other address or a host name counts as the network."""
-    import ipaddress
-
     name = host.strip().removeprefix("[").removesuffix("]")
     if name.lower() == "localhost":
         return True

@@ -1,4 +1,4 @@
--- Named queries the hub runs at run time. service/store.py loads this file and
+-- Named queries the hub runs at run time. service/store/events.py loads this file and
 -- runs each block by its name; a DBA can paste any of them into psql (replace
 -- $1, $2, ... by values). None of them writes, except prune_batch.
 
@@ -13,9 +13,11 @@ SELECT s.head, s.oldest, s.pruned_through, e.epoch::text AS epoch
 -- The listener's read: events_after plus the log's epoch, in one statement,
 -- so the events are known to belong to that epoch. The epoch is an
 -- uncorrelated subquery, evaluated once (an InitPlan); no rows, no epoch,
--- and nothing to dispatch either.
+-- and nothing to dispatch either. `appended` (seconds since 1970) is the
+-- frame's "ts" as a number, for the hub's delivery-latency histogram.
 SELECT (SELECT epoch::text FROM event_log_epoch) AS epoch,
-       seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
+       seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame,
+       extract(epoch FROM created_at)::float8 AS appended
   FROM events
  WHERE seq > $1
  ORDER BY seq
@@ -33,7 +35,7 @@ SELECT seq, topic, hub_event_frame_v1(seq, topic, created_at, payload) AS frame
 -- The same, restricted to the topics in $2. One ordered walk of
 -- events_topic_seq_idx per topic, each stopping after $3 rows, then a merge:
 -- a page costs O(topics x $3). The hub runs it after
--- SET LOCAL enable_bitmapscan = off (service/store.py, ORDERED_WALK); paste
+-- SET LOCAL enable_bitmapscan = off (ordered_walk, below); paste
 -- that too. Without it, when events has no statistics yet (right after a
 -- burst), the planner guesses few rows match and prefers collecting and
 -- sorting every match for each page: a full replay then goes quadratic.
@@ -48,6 +50,15 @@ SELECT e.seq, e.topic, hub_event_frame_v1(e.seq, e.topic, e.created_at, e.payloa
        ) AS e
  ORDER BY e.seq
  LIMIT $3;
+
+-- name: ordered_walk
+-- Run before the per-topic reads, in their transaction. Until events has
+-- column statistics (a young log, or right after a burst, before
+-- autovacuum's ANALYZE) the planner guesses ~0.2% of the rows match and
+-- prefers a bitmap scan that collects every matching row and sorts them, for
+-- every page: a resume of 100,000 events then reads 5 million rows. The
+-- ordered index walk costs O(page) whatever the guess.
+SET LOCAL enable_bitmapscan = off;
 
 -- name: count_after
 -- How many events a client resuming from $1 missed, counting at most $2 of
@@ -108,3 +119,16 @@ WITH doomed AS (
     RETURNING pruned_through
 )
 SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT pruned_through FROM floor) AS floor;
+
+-- name: retention_floor
+-- The highest seq pruned so far (0 if none): a resume from below it is gone.
+SELECT pruned_through FROM event_retention;
+
+-- name: log_head
+-- The newest seq (for /readyz: how far the listener lags).
+SELECT head FROM event_log_status;
+
+-- name: hub_status
+-- What the heartbeat reports and the metrics export: head, oldest retained
+-- seq and how full PostgreSQL's NOTIFY queue is (0..1).
+SELECT head, oldest, notify_queue_usage FROM event_log_status;

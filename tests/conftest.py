@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.embedded import destroy_scratch
+from service.store.embedded import destroy_scratch
 from tests import ci_counts
 from tests.hubs import RunningHub, hub_variable, running_hub
 from tests.pg import (

@@ -16,7 +16,7 @@ from pathlib import Path
 import websockets
 from jose import jwt
 
-from service.auth import mint
+from service.api.auth import mint
 from service.settings import load_settings
 from tests.hubs import SECRET, HubProcess, RunningHub, connect, recv_json
 

@@ -22,9 +22,10 @@ import asyncpg
 import psutil
 import websockets
 
-from service.app import Hub, create_app, hub_of
-from service.auth import mint
-from service.server import HubServer, uvicorn_config
+from service.api.app import create_app
+from service.api.auth import mint
+from service.api.runtime import Hub, hub_behind
+from service.api.server import HubServer, uvicorn_config
 from service.settings import Settings, load_settings
 
 SECRET = "test-secret-" + "x" * 40
@@ -71,7 +72,7 @@ class RunningHub:
 
     @property
     def hub(self) -> Hub:
-        hub = hub_of(self.server.config.loaded_app)
+        hub = hub_behind(self.server.config.loaded_app)
         assert hub is not None
         return hub
 

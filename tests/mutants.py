@@ -50,7 +50,7 @@ class Mutation:
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
-        "expired-token-welcomed", "service/session.py",
+        "expired-token-welcomed", "service/api/session.py",
         old="""            principal = hub.verifier.verify(token)
         except AuthError as exc:
             return await self._refuse(CLOSE_UNAUTHORIZED, str(exc))
@@ -65,28 +65,28 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="the WebSocket handshake lets an expired token in; the expiry timer closes it 4001 later",
     ),
     Mutation(
-        "snapshot-logs-without-log_stream", "service/routes.py",
-        old="trades_ok, logs_ok = TRADE_UPDATE in who.topics, LOG_STREAM in who.topics",
-        new="trades_ok, logs_ok = TRADE_UPDATE in who.topics, True",
+        "snapshot-logs-without-log_stream", "service/api/routes.py",
+        old="trades_ok, logs_ok = TRADE_UPDATE in caller.topics, LOG_STREAM in caller.topics",
+        new="trades_ok, logs_ok = TRADE_UPDATE in caller.topics, True",
         tests=("tests/test_replay_api.py::test_snapshot_is_consistent_with_its_head",),
         what="/api/snapshot returns log lines to a token without log_stream",
     ),
     Mutation(
-        "queue-max-bytes-ignored", "service/connections.py",
+        "queue-max-bytes-ignored", "service/hub/connections.py",
         old="if depth > self._settings.queue_max_frames or self.queued_bytes > self._settings.queue_max_bytes:",
         new="if depth > self._settings.queue_max_frames:",
         tests=("tests/test_live.py::test_a_client_whose_queue_passes_max_bytes_is_closed_4008",),
         what="the HUB_QUEUE_MAX_BYTES limit removed (only the frame count closes a slow client)",
     ),
     Mutation(
-        "listener-probe-removed", "service/listener.py",
+        "listener-probe-removed", "service/hub/listener.py",
         old='await conn.fetchval("SELECT 1", timeout=min(5.0, health_every))',
         new="pass",
         tests=("tests/test_blackhole.py::test_listener_notices_blackholed_connection",),
         what="the listener's SELECT 1 liveness probe removed (a silently dead connection goes unnoticed)",
     ),
     Mutation(
-        "readyz-lag-ignored", "service/routes.py",
+        "readyz-lag-ignored", "service/api/routes.py",
         old="        if lag > 1000:\n",
         new="        if False:\n",
         tests=("tests/test_blackhole.py::test_readyz_reports_listener_lag",),
@@ -100,14 +100,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="the notification body of an ERROR log line is no longer cut to 500 characters",
     ),
     Mutation(
-        "expiry-timer-disabled", "service/session.py",
+        "expiry-timer-disabled", "service/api/session.py",
         old='self._expiry = asyncio.create_task(self._expire_at(principal.expires_at), name="hub-token-expiry")',
         new="self._expiry = None",
         tests=("tests/test_auth.py::test_token_expiring_mid_session_closes_4001",),
         what="the token-expiry timer disabled: a session outlives its token",
     ),
     Mutation(
-        "origin-check-removed", "service/session.py",
+        "origin-check-removed", "service/api/session.py",
         old='if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins):',
         new="if False:",
         tests=("tests/test_auth.py::test_foreign_origin_is_refused_4003_but_own_and_scripts_are_fine",
@@ -115,7 +115,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="the Origin check removed from the WebSocket handshake",
     ),
     Mutation(
-        "refresh-does-not-narrow", "service/session.py",
+        "refresh-does-not-narrow", "service/api/session.py",
         old="""        if narrowed != client.topics:
             self.hub.manager.set_topics(client, narrowed)
 """,
@@ -126,7 +126,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="refresh answers with the narrowed topics but keeps delivering the old ones",
     ),
     Mutation(
-        "queue-unbounded", "service/connections.py",
+        "queue-unbounded", "service/hub/connections.py",
         old="            self.request_close(CLOSE_TOO_SLOW, self.too_slow_reason())\n",
         new="            pass\n",
         tests=("tests/test_live.py::test_a_client_that_falls_behind_is_closed_4008_naming_its_last_seq",
@@ -134,25 +134,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="an unbounded client queue: a slow client is never closed 4008",
     ),
     Mutation(
-        "refresh-keeps-old-expiry", "service/session.py",
+        "refresh-keeps-old-expiry", "service/api/session.py",
         old="        self._arm_expiry(fresh)\n",
         new="",
         tests=("tests/test_auth.py::test_refresh_in_band_keeps_the_session",),
         what="an accepted refresh does not move the expiry timer: the session ends at the old token's exp",
     ),
     Mutation(
-        "resume-duplicates-sent", "service/connections.py",
-        old="""                        if seq <= last:
-                            continue  # already sent by the resume replay
-""",
-        new="""                        if False:
-                            continue
-""",
+        "resume-duplicates-sent", "service/hub/connections.py",
+        old="    return frame.seq if frame.seq > delivered else None\n",
+        new="    return frame.seq\n",
         tests=("tests/test_live.py::test_resume_while_writers_write_has_no_gap_and_no_duplicate",),
         what="live frames already sent by the resume replay are sent again (the sender's duplicate filter)",
     ),
     Mutation(
-        "subscribe-topic-unchecked", "service/session.py",
+        "subscribe-topic-unchecked", "service/api/session.py",
         old="""            if kind == "subscribe":
                 principal.check_topics(wanted)
 """,
@@ -163,14 +159,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="subscribe adds topics the token does not allow",
     ),
     Mutation(
-        "rate-limit-disabled", "service/session.py",
+        "rate-limit-disabled", "service/api/session.py",
         old="            if not self._limit.allow():\n",
         new="            if False:\n",
         tests=("tests/test_live.py::test_oversized_frame_closes_1009_and_flood_closes_1008",),
         what="a client flooding messages is never closed 1008",
     ),
     Mutation(
-        "resume-cap-ignored", "service/session.py",
+        "resume-cap-ignored", "service/api/session.py",
         old="""            too_many = (not gone and bool(persisted)
                         and await hub.store.count_after(since, persisted, cap + 1) > cap)
 """,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import asyncpg
 
-from service import migrate
-from service.embedded import destroy_scratch, pg_ctl, start_scratch, with_database
+from service.store import migrate
+from service.store.embedded import destroy_scratch, pg_ctl, start_scratch, with_database
 
 
 @dataclass

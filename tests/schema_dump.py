@@ -20,8 +20,8 @@ from pathlib import Path
 
 import asyncpg
 
-from service import migrate
-from service.embedded import destroy_scratch, start_scratch
+from service.store import migrate
+from service.store.embedded import destroy_scratch, start_scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = ROOT / "sql" / "schema.sql"

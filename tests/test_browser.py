@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service.auth import mint
+from service.api.auth import mint
 from tests.certs import make_pki
 from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings, listener_cut_off
 from tests.nginx import NGINX, nginx

@@ -33,7 +33,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from service.auth import mint
+from service.api.auth import mint
 from service.settings import load_settings
 from tests.hubs import SECRET, HubProcess, RunningHub, connect, recv_json, running_hub
 from tests.pg import fresh_private_database, private_down

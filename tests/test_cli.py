@@ -32,12 +32,12 @@ import pytest
 import websockets
 from jose import jwt
 
-from service.auth import Verifier, mint
-from service.cli import build_parser
-from service.doctor import check_triggers
-from service.embedded import stop_embedded
+from service.api.auth import Verifier, mint
+from service.cli.doctor import check_triggers
+from service.cli.main import build_parser
+from service.cli.tail import resolve_token, use_colour
 from service.errors import ConfigError
-from service.tail import resolve_token, use_colour
+from service.store.embedded import stop_embedded
 from tests.hubs import SECRET, HubProcess, RunningHub, alive, hub_settings
 from tests.pg import PgServer
 
@@ -416,7 +416,7 @@ def test_printed_urls_use_an_openable_host() -> None:
 
 
 def test_doctor_masks_passwords_wherever_the_dsn_carries_them() -> None:
-    from service.doctor import mask_dsn
+    from service.cli.doctor import mask_dsn
 
     assert mask_dsn("postgresql://bot:s3cret@db:5432/zepix") == "postgresql://bot:***@db:5432/zepix"
     assert mask_dsn("postgresql://bot@db/zepix?sslmode=require&password=s3cret") == \
@@ -494,7 +494,7 @@ async def test_a_database_url_that_is_not_postgres_touches_no_database(pg: PgSer
     ("postgresql:///db", "postgresql:///db"),
 ])
 def test_database_urls_the_hub_accepts(url: str, expected: str) -> None:
-    from service.database import normalise_url, sqlalchemy_url
+    from service.store.database import normalise_url, sqlalchemy_url
 
     assert normalise_url(url) == expected
     assert sqlalchemy_url(url) == "postgresql+asyncpg://" + expected[len("postgresql://"):]
@@ -502,7 +502,7 @@ def test_database_urls_the_hub_accepts(url: str, expected: str) -> None:
 
 @pytest.mark.parametrize("url, words", BAD_DATABASE_URLS)
 def test_database_urls_the_hub_refuses(url: str, words: str) -> None:
-    from service.database import sqlalchemy_url
+    from service.store.database import sqlalchemy_url
 
     with pytest.raises(ConfigError, match=re.escape(words)) as info:
         sqlalchemy_url(url)  # what Alembic is handed: the same check as the hub's own connections
@@ -531,7 +531,7 @@ async def test_out_of_range_settings_are_configuration_errors(tmp_path: Path) ->
 
 
 def test_frames_never_carry_nan_or_infinity() -> None:
-    from service import frames
+    from service.hub import frames
 
     assert frames.dumps({"heartbeat_s": 5.0}) == '{"heartbeat_s":5.0}'
     for bad in (float("inf"), float("-inf"), float("nan")):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from service.auth import mint
+from service.api.auth import mint
 from service.client import (
     Connected,
     Event,
@@ -28,7 +28,7 @@ from service.client import (
     backoff_delay,
     live_url,
 )
-from service.store import prune
+from service.store.events import prune
 from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings, running_hub
 
 T = TypeVar("T")

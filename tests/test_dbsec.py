@@ -22,8 +22,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from service import doctor, migrate
+from service.cli import doctor
 from service.errors import DatabaseSetupError
+from service.store import migrate
 from tests.hubs import hub_settings
 from tests.pg import scratch_bindirs, scratch_cluster
 

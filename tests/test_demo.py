@@ -8,7 +8,7 @@ import time
 
 import asyncpg
 
-from service.demo import run_demo
+from service.cli.demo import run_demo
 
 DEMO_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE application_name = 'zepix-hub-demo'"
 

@@ -12,10 +12,10 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from service import migrate
 from service.client import Connected, HubClient, Reconnecting, Resumed
 from service.errors import ResumeGone
-from service.store import EventStore
+from service.store import migrate
+from service.store.events import EventStore
 from tests.hubs import RunningHub, connect, listener_cut_off, recv_json, recv_until
 from tests.pg import PgServer
 from tests.test_cli import NO_DB, assert_usage_error, cli, cli_env, read_line_until, spawn

@@ -1,5 +1,5 @@
 """The fast path is in use: with the supported uvicorn, a client without extensions gets its frames written
-straight to the transport (service/asgi.py), not through the ASGI send. A uvicorn release that renames what
+straight to the transport (service/api/asgi.py), not through the ASGI send. A uvicorn release that renames what
 the fast path relies on fails here instead of silently slowing every client down."""
 
 from __future__ import annotations
@@ -31,4 +31,4 @@ async def test_clients_without_extensions_are_served_by_the_direct_writer(hub: R
         assert frame["data"]["msg"] == "fast"
     assert await writers(hub) == {"direct": 1, "asgi": 0}, (
         "a client without extensions went down the ASGI path: the installed uvicorn no longer offers what "
-        "service/asgi.py's DirectSocket relies on")
+        "service/api/asgi.py's DirectSocket relies on")

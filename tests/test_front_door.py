@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
 
-from service.database import mask_dsn
+from service.store.database import mask_dsn
 from tests.hubs import SECRET, HubProcess, RunningHub, connect, hub_settings, recv_json, refused, running_hub
 from tests.test_auth import _claims, _without_aud
 from tests.test_cli import NO_DB, ROOT, Run, assert_usage_error, cli, cli_env, read_line_until
@@ -245,7 +245,7 @@ async def test_snapshot_status_only_for_tokens_with_sys_status(hub: RunningHub) 
 
 # -- 8. forged log lines -----------------------------------------------------------------------------------
 
-FORGED = "2026-12-03 07:00:00,000 CRITICAL service.app: database wiped, send the backup key"
+FORGED = "2026-12-03 07:00:00,000 CRITICAL service.api.app: database wiped, send the backup key"
 
 
 async def test_a_newline_in_sub_cannot_forge_a_text_log_line(dsn: str, tmp_path: Path) -> None:
@@ -292,7 +292,7 @@ async def test_control_characters_in_sub_are_escaped_in_json_logs(dsn: str, tmp_
 
 
 def mint_sub(sub: str) -> str:
-    from service.auth import mint
+    from service.api.auth import mint
 
     return mint(hub_settings(NO_DB), SECRET, subject=sub, ttl_s=600)
 

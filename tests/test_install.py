@@ -28,8 +28,8 @@ import httpx
 import pytest
 import websockets
 
-from service import migrate
-from service.embedded import stop_embedded
+from service.store import migrate
+from service.store.embedded import stop_embedded
 from tests.hubs import SECRET
 from tests.pg import PgServer
 
@@ -124,7 +124,7 @@ async def _stop(proc: asyncio.subprocess.Process, sig: int) -> str:
 
 
 def _where_service_comes_from(installed: Installed, cwd: Path, env: dict[str, str]) -> Path:
-    found = subprocess.run([str(installed.bin / "python"), "-c", "import service.bundle as b; print(b.root())"],
+    found = subprocess.run([str(installed.bin / "python"), "-c", "import service.store.bundle as b; print(b.root())"],
                            cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=True)
     return Path(found.stdout.strip())
 

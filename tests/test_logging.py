@@ -25,9 +25,9 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from service.app import create_app
-from service.auth import mint
-from service.server import HubServer, uvicorn_config
+from service.api.app import create_app
+from service.api.auth import mint
+from service.api.server import HubServer, uvicorn_config
 from service.settings import load_settings
 from tests.hubs import SECRET, HubProcess, connect, hub_settings, recv_json, recv_until
 
@@ -192,7 +192,7 @@ async def test_serve_logs_no_token(dsn: str, tmp_path: Path, fmt: str, level: st
                 raise AssertionError(f"not a JSON log line: {line!r}") from None
         for entry in entries:
             assert isinstance(entry, dict) and {"ts", "level", "logger", "msg"} <= set(entry), entry
-        assert {e["logger"] for e in entries} >= {"uvicorn.access", "service.session", "uvicorn.error"}
+        assert {e["logger"] for e in entries} >= {"uvicorn.access", "service.api.session", "uvicorn.error"}
 
 
 # -- in-process, under the logging configuration `serve` installs ------------------------------------------

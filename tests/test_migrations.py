@@ -8,7 +8,7 @@ import json
 import asyncpg
 import pytest
 
-from service import migrate
+from service.store import migrate
 from tests.pg import PgServer
 
 

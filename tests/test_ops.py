@@ -33,8 +33,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from websockets.exceptions import ConnectionClosed
 
-from service import frames, migrate
-from service.store import prune
+from service import protocol
+from service.store import migrate
+from service.store.events import prune
 from service.topics import ALL_TOPICS
 from tests.hubs import RunningHub, connect, recv_json, recv_until, running_hub
 
@@ -335,7 +336,7 @@ async def test_health_readiness_and_metrics(db: asyncpg.Connection, logins: Logi
         async with await connect(f"{hub.ws}?token={token}&topics=log_stream&since=0") as ws:
             assert (await recv_until(ws, lambda f: f["type"] == "replayed"))["recovered"] is True
         async with await connect(f"{hub.ws}?token=not-a-jwt") as ws:
-            assert await _close_code(ws) == frames.CLOSE_UNAUTHORIZED
+            assert await _close_code(ws) == protocol.CLOSE_UNAUTHORIZED
         m = await _wait_metrics(http, lambda m: m.get(("zepix_hub_connections", ())) == 0)
         assert m[("zepix_hub_connections", ())] == 0
         assert m[("zepix_hub_resumes_total", (("recovered", "true"),))] == 1
@@ -395,9 +396,9 @@ async def test_server_initiated_closes_are_counted_by_code(hub: RunningHub) -> N
         await recv_json(ws)
         for _ in range(500):
             await ws.send('{"type": "ping"}')
-        assert await _close_code(ws) == frames.CLOSE_POLICY
+        assert await _close_code(ws) == protocol.CLOSE_POLICY
     async with httpx.AsyncClient(base_url=hub.http, timeout=10) as http:
-        key = ("zepix_hub_disconnects_total", (("code", str(frames.CLOSE_POLICY)),))
+        key = ("zepix_hub_disconnects_total", (("code", str(protocol.CLOSE_POLICY)),))
         m = await _wait_metrics(http, lambda m: key in m, timeout=3)
         assert m.get(key) == 1
 
@@ -486,7 +487,7 @@ def test_asyncapi_document_structure() -> None:
     binding = channel["bindings"]["ws"]
     assert binding["method"] == "GET" and set(binding["query"]["properties"]) == {"token", "topics", "since",
                                                                                           "epoch"}
-    close_codes = {v for k, v in vars(frames).items() if k.startswith("CLOSE_") and k != "CLOSE_NORMAL"}
+    close_codes = {v for k, v in vars(protocol).items() if k.startswith("CLOSE_") and k != "CLOSE_NORMAL"}
     assert set(channel["x-close-codes"]) == {str(c) for c in close_codes}
     assert all(str(code) in channel["description"] for code in close_codes)
 
@@ -505,7 +506,7 @@ def test_asyncapi_document_structure() -> None:
 
     schemas = doc["components"]["schemas"]
     assert set(schemas["Topic"]["enum"]) == ALL_TOPICS
-    session_source = (ROOT / "service" / "session.py").read_text()
+    session_source = (ROOT / "service" / "api" / "session.py").read_text()
     assert set(re.findall(r'error\(\s*"(\w+)"', session_source)) <= set(schemas["Error"]["properties"]["code"]["enum"])
     validators = _validators()
     for key, message in messages.items():
@@ -564,7 +565,7 @@ async def test_real_frames_match_the_asyncapi_schemas(hub: RunningHub, db: async
                 pass
     async with await connect(f"{hub.ws}?token={token}&topics=weather") as ws:
         keep(await recv_json(ws))
-        assert await _close_code(ws) == frames.CLOSE_BAD_REQUEST
+        assert await _close_code(ws) == protocol.CLOSE_BAD_REQUEST
 
     assert set(captured) == SERVER_MESSAGES
     assert {f["recovered"] for f in captured["replayed"]} == {True, False}
@@ -625,7 +626,7 @@ async def test_dashboard_asset_urls_change_with_their_content(hub: RunningHub, t
                 again = await http.get(stale)
                 assert again.status_code == 200 and again.headers["cache-control"] == "no-cache", stale
 
-    from service.assets import STATIC_DIR, index_html, version
+    from service.api.assets import STATIC_DIR, index_html, version
 
     copy = tmp_path / "static"
     shutil.copytree(STATIC_DIR, copy)

@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service.store import ORDERED_WALK, EventStore, Q, prune
+from service.store.events import ORDERED_WALK, QUERIES, EventStore, prune
 from tests.hubs import RunningHub
 
 
@@ -240,7 +240,7 @@ async def test_topic_pages_match_a_plain_filter_and_walk_the_index_without_stati
         assert await store.count_after(total - 5, None, 100) == 5
         async with db.transaction():
             await db.execute(ORDERED_WALK)
-            plan = await db.fetchval("EXPLAIN (FORMAT JSON) " + Q["events_after_on_topics"],
+            plan = await db.fetchval("EXPLAIN (FORMAT JSON) " + QUERIES["events_after_on_topics"],
                                      1000, ["log_stream", "notification"], 250)
         text = json.dumps(plan)
         assert "Bitmap" not in text and "events_topic_seq_idx" in text, text

@@ -302,7 +302,7 @@ async def test_two_hub_processes_send_identical_streams_and_a_client_can_move(ds
     try:
         a.start()
         b.start()
-        from service.auth import mint
+        from service.api.auth import mint
         from service.settings import load_settings
         from tests.hubs import SECRET
 
@@ -343,7 +343,7 @@ async def test_two_hub_processes_send_identical_streams_and_a_client_can_move(ds
 async def test_sigterm_closes_clients_1001(dsn: str, tmp_path: Path) -> None:
     proc = HubProcess(dsn, tmp_path / "hub.log").start()
     try:
-        from service.auth import mint
+        from service.api.auth import mint
         from service.settings import load_settings
         from tests.hubs import SECRET
 
@@ -394,7 +394,7 @@ async def test_workers_share_the_port_a_killed_worker_is_replaced_and_sigterm_cl
     now: list[psutil.Process] = []
     family: list[psutil.Process] = []
     try:
-        from service.auth import mint
+        from service.api.auth import mint
         from service.settings import load_settings
         from tests.hubs import SECRET
 

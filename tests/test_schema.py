@@ -13,7 +13,7 @@ import difflib
 import asyncpg
 import pytest
 
-from service import migrate
+from service.store import migrate
 from tests.pg import PgServer, private_bindir
 from tests.schema_dump import REGENERATE, SCHEMA_SQL, comparable, embedded_bindir, pg_dump, render
 

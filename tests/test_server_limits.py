@@ -20,8 +20,8 @@ import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service import frames
-from service.auth import mint
+from service import protocol
+from service.api.auth import mint
 from tests.hubs import (
     SECRET,
     HubProcess,
@@ -76,16 +76,16 @@ async def test_client_chosen_close_codes_are_counted_as_other(hub: RunningHub) -
         await recv_json(ws)  # welcome
         await ws.close(code, "bye")
     async with await connect(f"{hub.ws}?token=not-a-jwt") as ws:
-        assert (await _close_of(ws))[0] == frames.CLOSE_UNAUTHORIZED
+        assert (await _close_of(ws))[0] == protocol.CLOSE_UNAUTHORIZED
     await _eventually(lambda: len(hub.hub.manager) == 0 and hub.hub.metrics.closes(1000) == 1,
                       "the hub to see every close")
     metrics = hub.hub.metrics
     assert metrics.closes("other") == 3
-    assert (metrics.closes(1000), metrics.closes(frames.CLOSE_UNAUTHORIZED)) == (1, 1)
+    assert (metrics.closes(1000), metrics.closes(protocol.CLOSE_UNAUTHORIZED)) == (1, 1)
     labels = {s.labels["code"] for m in metrics.registry.collect() if m.name == "zepix_hub_disconnects"
               for s in m.samples if s.name == "zepix_hub_disconnects_total"}
     assert labels == {"other", "1000", "4001"}
-    assert labels <= {str(c) for c in frames.LABELLED_CLOSE_CODES} | {"other"}
+    assert labels <= {str(c) for c in protocol.LABELLED_CLOSE_CODES} | {"other"}
 
 
 # -- item 5: connections per token subject --------------------------------------------------------------------
@@ -133,10 +133,10 @@ async def test_connections_per_subject_are_capped_and_every_slot_comes_back(dsn:
         # Over the cap: an error frame that says why, then 1013 "try again later".
         async with await connect(alice) as refused:
             code, seen = await _close_of(refused)
-        assert code == frames.CLOSE_TRY_AGAIN
+        assert code == protocol.CLOSE_TRY_AGAIN
         assert [f.get("code") for f in seen] == ["too_many_connections"]
         assert _sample(hub, "zepix_hub_refused_total", reason="subject_limit") == 1
-        assert hub.hub.metrics.closes(frames.CLOSE_TRY_AGAIN) == 1
+        assert hub.hub.metrics.closes(protocol.CLOSE_TRY_AGAIN) == 1
 
         # Other subjects are not affected.
         async with await connect(f"{hub.ws}?token={hub.token(sub='bob')}&topics=log_stream") as bob:
@@ -145,10 +145,10 @@ async def test_connections_per_subject_are_capped_and_every_slot_comes_back(dsn:
         # Refusals that end the handshake before the cap (bad topics, forbidden topics) hold no slot.
         for bad in ("&topics=weather", "&topics=log_stream&since=x"):
             async with await connect(f"{hub.ws}?token={hub.token(sub='alice')}{bad}") as ws:
-                assert (await _close_of(ws))[0] == frames.CLOSE_BAD_REQUEST
+                assert (await _close_of(ws))[0] == protocol.CLOSE_BAD_REQUEST
         narrow = hub.token(sub="alice", topics=["sys_status"])
         async with await connect(f"{hub.ws}?token={narrow}&topics=log_stream") as ws:
-            assert (await _close_of(ws))[0] == frames.CLOSE_FORBIDDEN
+            assert (await _close_of(ws))[0] == protocol.CLOSE_FORBIDDEN
 
         # A normal close gives the slot back.
         await a1.close()
@@ -177,12 +177,12 @@ async def test_connections_per_subject_are_capped_and_every_slot_comes_back(dsn:
             assert hub.hub.subject_slots.count("alice") == 2
             writing = asyncio.create_task(_write_logs(dsn, 300, size=16000))
             try:
-                await _eventually(lambda: hub.hub.metrics.closes(frames.CLOSE_TOO_SLOW) >= 1, "a 4008", timeout=60)
+                await _eventually(lambda: hub.hub.metrics.closes(protocol.CLOSE_TOO_SLOW) >= 1, "a 4008", timeout=60)
             finally:
                 writing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writing
-            assert hub.hub.metrics.closes(frames.CLOSE_TOO_SLOW) == 1, "a client that kept reading was cut 4008"
+            assert hub.hub.metrics.closes(protocol.CLOSE_TOO_SLOW) == 1, "a client that kept reading was cut 4008"
             await _eventually(lambda: hub.hub.subject_slots.count("alice") == 1, "the slot of a 4008")
         finally:
             stalled.close()
@@ -194,7 +194,7 @@ async def test_connections_per_subject_are_capped_and_every_slot_comes_back(dsn:
         a4 = await connect(alice)
         assert (await recv_json(a4))["type"] == "welcome"
         async with await connect(alice) as refused:
-            assert (await _close_of(refused))[0] == frames.CLOSE_TRY_AGAIN
+            assert (await _close_of(refused))[0] == protocol.CLOSE_TRY_AGAIN
         assert _sample(hub, "zepix_hub_refused_total", reason="subject_limit") == 2
         for ws in (a3, a4):
             await ws.close()

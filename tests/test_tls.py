@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from service.auth import mint
+from service.api.auth import mint
 from service.settings import load_settings
 from tests.certs import make_pki
 from tests.hubs import SECRET, HubProcess, connect, recv_json, recv_until

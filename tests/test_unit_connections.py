@@ -19,11 +19,12 @@ import pytest
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side
 
-from service.connections import Client, ConnectionManager
-from service.frames import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Frame, live_event
+from service.api.uvicorn_internals import DIRECT_ATTRIBUTES, DirectSocket
+from service.hub.connections import Client, ConnectionManager
+from service.hub.frames import Frame, live_event
+from service.protocol import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
 from service.settings import Settings, load_settings
 from service.topics import LOG_STREAM, SYS_STATUS, TRADE_UPDATE
-from service.uvicorn_internals import DIRECT_ATTRIBUTES, DirectSocket
 
 GUARD_S = 5.0  # hang guard only
 

@@ -9,8 +9,8 @@ import pytest
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side
 
-from service.frames import Frame, control, dumps, error, live_event, ws_text_frame
-from service.session import _RateLimit
+from service.api.session import _RateLimit
+from service.hub.frames import Frame, control, dumps, error, live_event, ws_text_frame
 
 
 class Clock:

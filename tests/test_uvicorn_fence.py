@@ -1,4 +1,4 @@
-"""The uvicorn internals the hub relies on (service/uvicorn_internals.py), and what happens without them."""
+"""The uvicorn internals the hub relies on (service/api/uvicorn_internals.py), and what happens without them."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.server import HubServer, uvicorn_config
-from service.uvicorn_internals import startup_problem
+from service.api.app import create_app
+from service.api.server import HubServer, uvicorn_config
+from service.api.uvicorn_internals import startup_problem
 from tests.hubs import RunningHub, connect, hub_settings, recv_json, recv_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ async def test_without_the_direct_path_the_hub_says_so_and_still_delivers(
         assert len(warnings) == 1 and "not websockets-sansio" in warnings[0], warnings  # at start-up, before any client
         assert await _metric(http, "zepix_hub_direct_write_path") == 0
 
-        from service.auth import mint
+        from service.api.auth import mint
         from tests.hubs import SECRET
 
         token = mint(settings, SECRET, subject="fallback", ttl_s=600)

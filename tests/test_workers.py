@@ -15,7 +15,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-from service.auth import mint
+from service.api.auth import mint
 from service.settings import load_settings
 from tests.hubs import SECRET, HubProcess, connect, kill_all, recv_json, recv_until
 
