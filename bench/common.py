@@ -17,6 +17,7 @@ from typing import Any
 
 # Re-exported (naive.py, ceiling.py, scenarios.py): the baselines and the ceiling LISTEN where the hub does.
 from service.hub.listener import CHANNEL as CHANNEL
+
 T_KEY = "bench_t"  # key of the writer's timestamp in logs.context
 #: Since migration 0006 the NOTIFY payload is the seq alone (LISTEN needs no privilege, so it carries no
 #: data): the baseline and the ceiling read the frames of the seqs they were told about, as the hub does.
