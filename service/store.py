@@ -9,7 +9,7 @@ the two halves. The queries themselves live in sql/queries.sql.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,13 +183,26 @@ class EventStore:
                 await conn.execute(ORDERED_WALK)
                 return int(await conn.fetchval(Q["count_after_on_topics"], since, wanted, cap))
 
-    async def snapshot(self, log_lines: int, closed_trades: int = 20) -> Snapshot:
-        """Open trades, recent closed trades and log lines with the head seq, all from one database snapshot."""
+    async def snapshot(self, log_lines: int, closed_trades: int = 20, *,
+                       trades_where: Mapping[str, list[str]] | None = None,
+                       logs_where: Mapping[str, list[str]] | None = None) -> Snapshot:
+        """Open trades, recent closed trades and log lines with the head seq, all from one database snapshot.
+
+        `trades_where` / `logs_where`: a row filter's allowed values per column (filters.py), or None."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             pos = _position(await conn.fetchrow(Q["log_position"]))
-            open_rows = await conn.fetch(Q["open_trades"])
-            closed_rows = await conn.fetch(Q["recent_closed_trades"], closed_trades)
-            log_rows = await conn.fetch(Q["recent_logs"], log_lines)
+            if trades_where is None:
+                open_rows = await conn.fetch(Q["open_trades"])
+                closed_rows = await conn.fetch(Q["recent_closed_trades"], closed_trades)
+            else:
+                cols = [trades_where.get(c) for c in ("symbol", "strategy", "side", "status")]
+                open_rows = await conn.fetch(Q["open_trades_where"], *cols)
+                closed_rows = await conn.fetch(Q["recent_closed_trades_where"], *cols, closed_trades)
+            if logs_where is None:
+                log_rows = await conn.fetch(Q["recent_logs"], log_lines)
+            else:
+                log_rows = await conn.fetch(Q["recent_logs_where"], logs_where.get("level"),
+                                            logs_where.get("source"), log_lines)
         return Snapshot(
             head=pos.head, oldest=pos.oldest, epoch=pos.epoch,
             open_trades=[r[0] for r in open_rows],
