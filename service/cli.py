@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_epoch, default=None,
                    help="the log's epoch that goes with --since (printed when tail connects); "
                         "resuming into another log then reloads instead of replaying")
+    p.add_argument("--filter", action="append", metavar="TOPIC.FIELD=V1,V2",
+                   help="row filter, repeatable, e.g. trade_update.strategy=grid or log_stream.level=WARNING "
+                        "(docs/protocol.md, Row filters)")
     p.add_argument("--json", action="store_true", help="print raw JSON frames")
 
     add("doctor", _lazy("service.doctor", "cmd_doctor"), "Check the database, migrations, triggers and keys.")

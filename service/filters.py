@@ -96,7 +96,8 @@ class TopicFilter:
 
     def columns(self) -> dict[str, list[str]]:
         """The allowed values per column, for the snapshot's queries (a minimum level spelt out)."""
-        return {field: sorted(values) for field, values in self.conditions}
+        # A NUL matches no text column (PostgreSQL's text cannot hold one) and cannot be sent as a parameter.
+        return {field: sorted(v for v in values if "\x00" not in v) for field, values in self.conditions}
 
 
 def _topic_filter(topic: str, conds: dict[str, frozenset[str]]) -> TopicFilter:

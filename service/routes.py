@@ -205,14 +205,16 @@ async def replay(
     return Response(body, media_type="application/json")
 
 
-@router.get("/api/snapshot", response_model=SnapshotBody, responses=AUTH_ERRORS,
-            openapi_extra={"parameters": [p for p in FILTER_PARAMETERS
-                                          if p["name"].split(".")[0] in (TRADE_UPDATE, LOG_STREAM)]})
+# The snapshot's filters are stated in its description, not as parameters: with no required parameter, a
+# schema-invalid request would be one with unknown parameters, which every endpoint here ignores.
+@router.get("/api/snapshot", response_model=SnapshotBody, responses=AUTH_ERRORS)
 async def snapshot(request: Request, hub: HubDep, who: PrincipalDep) -> Response:
     """Open trades, recent closed trades and log lines, with the `head` seq of the same database snapshot.
 
     Render this, then connect with since=head&epoch=epoch (and the same filters): no gap, no double, no
-    other log. Row filters on trade_update and log_stream, and the token's scope, apply as on the stream.
+    other log. Row filters take the URL form of /api/events (`trade_update.strategy=grid,momentum`,
+    `log_stream.level=WARNING`, ...) and apply to the trade lists and the log lines as on the stream; the
+    token's `scope` claim always applies.
     """
     flt = row_filter(request, who, who.topics)
     trades_on = flt.on(TRADE_UPDATE) if flt is not None else None

@@ -21,13 +21,15 @@ import pytest
 import websockets
 
 from service.auth import Verifier
+from service.client import Event as HubEvent
+from service.client import HubClient
 from service.connections import Client, ConnectionManager
 from service.filters import FilterError, effective, parse_filters, parse_scope
 from service.frames import Frame
 from service.settings import load_settings
 from service.topics import LOG_STREAM, TRADE_UPDATE
 from tests.hubs import SECRET, RunningHub, connect, hub_settings, recv_json
-from tests.test_cli import NO_DB, assert_usage_error, cli, cli_env
+from tests.test_cli import NO_DB, assert_usage_error, cli, cli_env, spawn
 
 Event = dict[str, Any]
 Pred = Callable[[Event], bool]
@@ -471,4 +473,61 @@ async def test_token_scope_flag_mints_a_scoped_token(tmp_path: Path) -> None:
     assert principal.scope == {"strategy": {"grid"}, "symbol": {"BTCUSDT", "ETHUSDT"}}
     assert_usage_error(unknown, "unknown scope field 'color'")
     assert_usage_error(no_eq, "field=value")
+    assert_usage_error(twice, "given twice")
+
+
+# -- 4. HubClient and tail ------------------------------------------------------------------------------
+
+async def test_hub_client_sends_filters_on_every_connection(hub: RunningHub, db: asyncpg.Connection) -> None:
+    head = await seed(db)
+    pred = either(trade("strategy", "grid"), level_at_least("ERROR"))
+    expected = seqs([e for e in await all_events(hub) if e["topic"] != "notification" and pred(e)])
+    client = HubClient(hub.http, hub.token(), topics=["trade_update", "log_stream"], since=0,
+                       filters={"trade_update.strategy": ["grid"], "log_stream.level": "ERROR"})
+    assert "log_stream.level=ERROR" in client.connect_url() and "trade_update.strategy=grid" in client.connect_url()
+    got: list[int] = []
+    async with client:
+        async with asyncio.timeout(20):
+            async for item in client:
+                if isinstance(item, HubEvent) and item.seq is not None:
+                    got.append(item.seq)
+                    if item.seq >= expected[-1]:
+                        break
+    assert got == expected and client.last_seq is not None and client.last_seq <= head
+
+
+@pytest.mark.parametrize("filters, message", [
+    ({"trade_update.color": ["red"]}, "unknown field"),
+    ({"log_stream.level": ["LOUD"]}, "unknown level"),
+    ({"trade_update.symbol": ["A,B"]}, "comma"),
+    ({"notification.type": ["error"]}, "not subscribed"),
+])
+def test_hub_client_refuses_a_bad_filter_up_front(filters: dict[str, list[str]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HubClient("http://127.0.0.1:1", "t.t.t", topics=["trade_update", "log_stream"], filters=filters)
+
+
+async def test_tail_filter_flag(hub: RunningHub, db: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed(db)
+    expected = seqs([e for e in await all_events(hub) if trade("symbol", "SOLUSDT")(e)])
+    env = cli_env(NO_DB, tmp_path)
+    proc = await spawn(env, "tail", "--json", "--url", hub.http, "--token", hub.token(), "--topics", "trade_update",
+                       "--since", "0", "--filter", "trade_update.symbol=SOLUSDT")
+    try:
+        assert proc.stdout is not None
+        got: list[int] = []
+        async with asyncio.timeout(30):
+            while len(got) < len(expected):
+                frame = json.loads(await proc.stdout.readline())
+                if frame["type"] == "event" and frame["seq"] is not None:
+                    got.append(frame["seq"])
+        assert got == expected
+    finally:
+        proc.kill()
+        await proc.wait()
+    bad, twice = await asyncio.gather(
+        cli(env, "tail", "--url", hub.http, "--token", hub.token(), "--filter", "trade_update.color=red"),
+        cli(env, "tail", "--url", hub.http, "--token", hub.token(), "--filter", "log_stream.level=INFO",
+            "--filter", "log_stream.level=ERROR"))
+    assert_usage_error(bad, "unknown field 'color'")
     assert_usage_error(twice, "given twice")
