@@ -126,21 +126,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "refresh-widens-scope", "service/session.py",
         old="        self.scope = narrow_scope(self.scope, fresh.scope)\n",
         new="        self.scope = fresh.scope\n",
-        tests=("tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope",),
+        tests=("tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope"
+               "[refresh to a wider scope]",),
         what="refresh takes the new token's scope as it is: a wider (or no) scope widens the session",
     ),
     Mutation(
         "scope-ignored", "service/filters.py",
         old="        if scope is not None:\n            for field in FIELDS.get(topic, ()):\n",
         new="        if False:\n            for field in FIELDS.get(topic, ()):\n",
-        tests=("tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope",),
+        tests=("tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope[resume from 0]",
+               "tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope[http replay]"),
         what="the token's scope is never intersected with the client's filters",
     ),
     Mutation(
         "replay-unfiltered", "service/session.py",
         old="if flt is not None and not flt.matches_frame(ev.topic, ev.frame):",
         new="if False:",
-        tests=("tests/test_filters.py::test_live_and_resume_deliver_exactly_the_matching_events",),
+        tests=("tests/test_filters.py::test_live_and_resume_deliver_exactly_the_matching_events[strategy]",),
         what="a resume replays every event of the topics, whatever the filter",
     ),
     Mutation(

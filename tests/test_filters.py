@@ -131,7 +131,8 @@ FILTER_CASES: list[tuple[dict[str, str], Pred]] = [
 ]
 
 
-@pytest.mark.parametrize("params, pred", FILTER_CASES)
+@pytest.mark.parametrize("params, pred", FILTER_CASES,
+                         ids=["strategy", "symbol-side", "status", "level", "two-topics", "notification-type"])
 async def test_live_and_resume_deliver_exactly_the_matching_events(
         hub: RunningHub, db: asyncpg.Connection, params: dict[str, str], pred: Pred) -> None:
     topics = set(params["topics"].split(","))
