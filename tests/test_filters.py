@@ -433,6 +433,20 @@ async def test_the_fan_out_evaluates_each_distinct_filter_once_per_event() -> No
     frames = [Frame(TRADE_UPDATE, seq, json.dumps({"type": "event", "topic": TRADE_UPDATE, "seq": seq, "data": {
         "op": "INSERT", "changed": [], "trade": {"strategy": strat, "symbol": "BTCUSDT", "side": "BUY"}}}))
         for seq, strat in enumerate(("grid", "momentum", "grid", None, "scalp"), start=1)]
+    # Unfiltered clients alone: no parse, no evaluation.
+    alone = ConnectionManager(settings)
+
+    async def discard(text: str) -> None:
+        return None
+
+    async def close_alone(code: int, reason: str) -> None:
+        return None
+
+    for _ in range(3):
+        alone.register(Client(settings, send=discard, close=close_alone, abort=lambda: None, topics=topics,
+                              delivered=0, row_filter=effective(None, None, topics)))
+    assert alone.broadcast(frames[0]) == 3 and alone.filter_evaluations == 0
+    await alone.stop()
     fanout = [manager.broadcast(f) for f in frames]
     assert manager.filter_evaluations == len(frames) * 4  # 4 distinct filters, not 30 filtered clients
     assert fanout == [10 + 8 + 6, 10 + 8 + 6, 10 + 8 + 6, 10 + 6, 10 + 8 + 6]
