@@ -278,6 +278,15 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             out.append(Verdict("S2", "p99 >= 5x better than naive",
                                f"naive p99 {ms(naive.p(99))} / hub p99 {ms(hub.p(99))} = {factor:.1f}x",
                                full and factor >= 5))
+    s2f: dict[str, Run] | None = results.get("S2F")
+    if s2f and HUB in s2f and f"{HUB}-filtered" in s2f:
+        plain, filtered = s2f[HUB], s2f[f"{HUB}-filtered"]
+        full = filtered.delivered == filtered.expected and filtered.expected > 0
+        ok = full and filtered.p(99) <= 1.25 * plain.p(99)
+        out.append(Verdict("S2F", "half the clients on 10 filters: 100% delivered, p99 within 1.25x of S2 unfiltered",
+                           f"{100 * filtered.delivered_ratio:.1f}% delivered, p99 {ms(filtered.p(99))} vs "
+                           f"{ms(plain.p(99))} unfiltered ({ratio(filtered.p(99), plain.p(99))})", ok,
+                           "" if ok else _join(_miss(filtered.p(99), 1.25 * plain.p(99)), hiccup(filtered, plain))))
     s3: dict[str, Run] | None = results.get("S3")
     if s3 and HUB in s3:
         hub = s3[HUB]
@@ -375,7 +384,7 @@ def markdown(results: dict[str, Any], repeat: int, quick: bool) -> str:
         f"{info.get('loadavg')}, at end {results.get('loadavg_end')} (other jobs shared the machine).",
         "",
     ]
-    for name in ("S1", "S2", "S2D", "S3"):
+    for name in ("S1", "S2", "S2F", "S2D", "S3"):
         runs: dict[str, Run] | None = results.get(name)
         if not runs:
             continue

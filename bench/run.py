@@ -64,11 +64,11 @@ from .report import (
     verdicts,
     write_table,
 )
-from .scenarios import CEILING, HUB, NAIVE, TARGETS, Bench, Plan, Run, median_run
+from .scenarios import CEILING, HUB, NAIVE, TARGETS, Bench, Plan, Run, median_run, s2f
 
 #: The capture functions that take the commit-order lock themselves (migration 0006 appends inline).
 CAPTURE_TRIGGER_FUNCTIONS = ("zepix_hub.hub_trades_event_v3", "zepix_hub.hub_logs_event_v3")
-ALL = ("S1", "S2", "S3", "S4", "S5", "S6")
+ALL = ("S1", "S2", "S2F", "S3", "S4", "S5", "S6")
 EXTRA = ("S2D",)  # run only when named: S2 with permessage-deflate offered, as browsers do
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PACKAGES = ("fastapi", "starlette", "uvicorn", "websockets", "asyncpg", "uvloop", "psutil", "pydantic")
@@ -407,7 +407,13 @@ async def _drop_commit_lock(dsn: str) -> bool:
         await conn.close()
 
 
-SCENARIOS = {"S1": s1, "S2": s2, "S2D": s2d, "S3": s3, "S4": s4, "S5": s5, "S6": s6}
+async def _s2f(bench: Bench, db: Database) -> dict[str, Run]:
+    runs = await s2f(bench, _repeated)
+    _print(live_table("", runs)[1:])
+    return runs
+
+
+SCENARIOS = {"S1": s1, "S2": s2, "S2F": _s2f, "S2D": s2d, "S3": s3, "S4": s4, "S5": s5, "S6": s6}
 
 
 def _print(lines: list[str]) -> None:

@@ -15,6 +15,7 @@ import re
 import statistics
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,11 +137,11 @@ class Bench:
         return list(await asyncio.gather(*(self.procs.worker("fleet", f"fleet{i}") for i in range(n))))
 
     async def connect(self, fleets: list[Worker], server: Server, target: str, clients: int,
-                      stall: int = 0, deflate: bool = False) -> tuple[int, dict[str, int], int]:
+                      stall: int = 0, deflate: bool = False, query: str = "") -> tuple[int, dict[str, int], int]:
         k = len(fleets)
         shares = [clients // k + (1 if i < clients % k else 0) for i in range(k)]
         answers = await asyncio.gather(*(
-            f.call({"cmd": "connect", "host": "127.0.0.1", "port": server.port, "path": self.path(target),
+            f.call({"cmd": "connect", "host": "127.0.0.1", "port": server.port, "path": self.path(target) + query,
                     "n": n, "want_welcome": target == HUB, "stall": stall if i == 0 else 0,
                     "concurrency": 50, "deflate": deflate}, 180)
             for i, (f, n) in enumerate(zip(fleets, shares, strict=True))))
@@ -163,9 +164,11 @@ class Bench:
 
     # -- a live run ------------------------------------------------------------------------------------
     async def live(self, scenario: str, target: str, *, clients: int, fleets: int, rate: float, pad: int = 0,
-                   stall: int = 0, grace: float = 20, stall_wait: float = 0, deflate: bool = False) -> Run:
+                   stall: int = 0, grace: float = 20, stall_wait: float = 0, deflate: bool = False,
+                   filters: int = 0) -> Run:
+        """`filters` (S2F, hub only): half the clients spread over that many distinct row filters."""
         assert self.writer is not None
-        run = Run(scenario, target, clients=clients)
+        run = Run(scenario, f"{target}-filtered" if filters else target, clients=clients)
         server = await self.server(target)
         workers = await self.fleets(fleets)
         # The stalled client lives in a process of its own: watching its socket costs CPU that must not
@@ -174,7 +177,18 @@ class Bench:
         try:
             if staller is not None:
                 await self.connect([staller], server, target, 0, stall, deflate)
-            run.connected, failed, compressed = await self.connect(workers, server, target, clients, 0, deflate)
+            run.connected, failed, compressed = await self.connect(workers, server, target,
+                                                                   clients - clients // 2 if filters else clients,
+                                                                   0, deflate)
+            for i in range(filters):
+                # Distinct filters (distinct canonical keys) that all pass the writer's lines (source 'bench'):
+                # every client still expects every event, and the hub evaluates `filters` filters per event.
+                n = clients // 2 // filters + (1 if i < clients // 2 % filters else 0)
+                more, failed_more, _ = await self.connect(workers, server, target, n, 0, deflate,
+                                                          f"&log_stream.source=bench,other{i}")
+                run.connected = more  # a fleet answers with all its clients so far, not this call's
+                for key, v in failed_more.items():
+                    failed[key] = failed.get(key, 0) + v
             if deflate:
                 run.extra["deflate_negotiated"] = compressed
             if failed:
@@ -394,3 +408,18 @@ def median_run(runs: list[Run]) -> Run:
     if "deflate_negotiated" in first.extra:
         out.extra["deflate_negotiated"] = min(r.extra.get("deflate_negotiated", 0) for r in runs)
     return out
+
+
+#: S2F: S2 with half the clients on this many distinct row filters; its p99 against S2 unfiltered, same run.
+S2F_FILTERS = 10
+S2F_LIMIT = 1.25
+
+
+async def s2f(bench: Bench, repeated: Callable[..., Awaitable[dict[str, Run]]]) -> dict[str, Run]:
+    """S2 twice, interleaved: every client unfiltered ("hub"), then half on S2F_FILTERS filters."""
+    plan = bench.plan
+    print(f"S2F S2 with half of {plan.s2_clients} clients on {S2F_FILTERS} different row filters "
+          f"(log_stream.source), against S2 unfiltered in the same run", flush=True)
+    return await repeated(bench, "S2F", lambda target: bench.live(
+        "S2F", HUB, clients=plan.s2_clients, fleets=2, rate=plan.s2_rate, grace=30,
+        filters=S2F_FILTERS if target == f"{HUB}-filtered" else 0), targets=(HUB, f"{HUB}-filtered"))

@@ -132,3 +132,40 @@ SELECT head FROM event_log_status;
 -- What the heartbeat reports and the metrics export: head, oldest retained
 -- seq and how full PostgreSQL's NOTIFY queue is (0..1).
 SELECT head, oldest, notify_queue_usage FROM event_log_status;
+-- name: open_trades_where
+-- open_trades for a row filter or scope (docs/protocol.md, "Row filters"):
+-- $1..$4 are the allowed symbols, strategies, sides and statuses, NULL for
+-- no condition. A NULL column matches no list, as in the hub's own matching.
+SELECT to_jsonb(t)::text
+  FROM trades AS t
+ WHERE status IN ('PENDING', 'OPEN', 'PARTIALLY_FILLED', 'FILLED')
+   AND ($1::text[] IS NULL OR t.symbol = ANY ($1))
+   AND ($2::text[] IS NULL OR t.strategy = ANY ($2))
+   AND ($3::text[] IS NULL OR t.side = ANY ($3))
+   AND ($4::text[] IS NULL OR t.status = ANY ($4))
+ ORDER BY opened_at, id;
+
+-- name: recent_closed_trades_where
+-- recent_closed_trades for a row filter: the last $5 final trades among those
+-- that match $1..$4 (as in open_trades_where).
+SELECT to_jsonb(t)::text
+  FROM trades AS t
+ WHERE status IN ('CLOSED', 'CANCELLED', 'REJECTED')
+   AND ($1::text[] IS NULL OR t.symbol = ANY ($1))
+   AND ($2::text[] IS NULL OR t.strategy = ANY ($2))
+   AND ($3::text[] IS NULL OR t.side = ANY ($3))
+   AND ($4::text[] IS NULL OR t.status = ANY ($4))
+ ORDER BY coalesce(closed_at, updated_at) DESC, id DESC
+ LIMIT $5;
+
+-- name: recent_logs_where
+-- recent_logs for a row filter: the last $3 lines whose level is in $1 (a
+-- minimum level, spelt out) and source in $2, NULL for no condition. Walks
+-- the lines newest first until $3 match: a filter matching few lines reads
+-- far back (retention bounds it).
+SELECT to_jsonb(l)::text
+  FROM logs AS l
+ WHERE ($1::text[] IS NULL OR l.level = ANY ($1))
+   AND ($2::text[] IS NULL OR l.source = ANY ($2))
+ ORDER BY id DESC
+ LIMIT $3;

@@ -116,14 +116,41 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "refresh-does-not-narrow", "service/api/session.py",
-        old="""        if narrowed != client.topics:
-            self.hub.manager.set_topics(client, narrowed)
-""",
-        new="""        if False:
-            self.hub.manager.set_topics(client, narrowed)
-""",
-        tests=("tests/test_auth.py::test_refresh_narrows_the_topics_actually_delivered",),
-        what="refresh answers with the narrowed topics but keeps delivering the old ones",
+        old="        self.hub.manager.set_topics(client, narrowed, row_filter)\n",
+        new="",
+        tests=("tests/test_auth.py::test_refresh_narrows_the_topics_actually_delivered",
+               "tests/test_filters.py::test_a_narrower_refresh_narrows_the_live_stream_at_once"),
+        what="refresh answers with the narrowed topics and scope but keeps delivering the old ones",
+    ),
+    Mutation(
+        "refresh-widens-scope", "service/api/session.py",
+        old="        self.scope = narrow_scope(self.scope, fresh.scope)\n",
+        new="        self.scope = fresh.scope\n",
+        tests=("tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope"
+               "[refresh to a wider scope]",),
+        what="refresh takes the new token's scope as it is: a wider (or no) scope widens the session",
+    ),
+    Mutation(
+        "scope-ignored", "service/filters.py",
+        old="        if scope is not None:\n            for field in FIELDS.get(topic, ()):\n",
+        new="        if False:\n            for field in FIELDS.get(topic, ()):\n",
+        tests=("tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope[resume from 0]",
+               "tests/test_filters.py::test_a_scoped_token_never_sees_a_row_outside_its_scope[http replay]"),
+        what="the token's scope is never intersected with the client's filters",
+    ),
+    Mutation(
+        "replay-unfiltered", "service/api/session.py",
+        old="if flt is not None and not flt.matches_frame(ev.topic, ev.frame):",
+        new="if False:",
+        tests=("tests/test_filters.py::test_live_and_resume_deliver_exactly_the_matching_events[strategy]",),
+        what="a resume replays every event of the topics, whatever the filter",
+    ),
+    Mutation(
+        "filter-per-client", "service/hub/connections.py",
+        old="self._groups[topic].setdefault(on.key, (on, set()))[1].add(client)",
+        new="self._groups[topic].setdefault(client.id, (on, set()))[1].add(client)",
+        tests=("tests/test_filters.py::test_the_fan_out_evaluates_each_distinct_filter_once_per_event",),
+        what="the fan-out evaluates a filter once per client instead of once per distinct filter",
     ),
     Mutation(
         "queue-unbounded", "service/hub/connections.py",

@@ -21,9 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import httpx
 import pytest
-from service.assets import STATIC_DIR
-from service.auth import mint
 
+from service.api.assets import STATIC_DIR
+from service.api.auth import mint
 from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings, listener_cut_off, running_hub
 from tests.pg import PgServer
 

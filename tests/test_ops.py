@@ -34,6 +34,7 @@ from referencing.jsonschema import DRAFT7
 from websockets.exceptions import ConnectionClosed
 
 from service import protocol
+from service.filters import FIELDS
 from service.store import migrate
 from service.store.events import prune
 from service.topics import ALL_TOPICS
@@ -485,8 +486,9 @@ def test_asyncapi_document_structure() -> None:
     channel = doc["channels"]["live"]
     assert channel["address"] == "/ws/live"
     binding = channel["bindings"]["ws"]
+    row_filters = {f"{topic}.{field}" for topic, fields in FIELDS.items() for field in fields}
     assert binding["method"] == "GET" and set(binding["query"]["properties"]) == {"token", "topics", "since",
-                                                                                          "epoch"}
+                                                                                          "epoch"} | row_filters
     close_codes = {v for k, v in vars(protocol).items() if k.startswith("CLOSE_") and k != "CLOSE_NORMAL"}
     assert set(channel["x-close-codes"]) == {str(c) for c in close_codes}
     assert all(str(code) in channel["description"] for code in close_codes)

@@ -21,6 +21,7 @@ from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
 from ..errors import AuthError, ConfigError, ForbiddenTopicError, UnknownTopicError
+from ..filters import Scope, parse_scope
 from ..protocol import CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN
 from ..settings import HS_ALGORITHMS, Settings
 from ..topics import ALL_TOPICS, parse_topics
@@ -39,6 +40,7 @@ class Principal:
     subject: str
     topics: frozenset[str]
     expires_at: float
+    scope: Scope | None = None  # the row scope (docs/protocol.md, "Row scopes"); None: every row of its topics
 
     def check_topics(self, wanted: frozenset[str]) -> None:
         """Raise ForbiddenTopicError unless every wanted topic is allowed."""
@@ -143,7 +145,14 @@ def _principal(claims: dict[str, Any]) -> Principal:
             topics = parse_topics(raw_topics)
         except Exception:
             raise AuthError("invalid topics claim") from None
-    return Principal(subject=sub or "anonymous-token", topics=topics, expires_at=float(exp))
+    raw_scope = claims.get("scope")
+    scope = None
+    if raw_scope is not None:
+        try:
+            scope = parse_scope(raw_scope)
+        except ValueError as exc:  # names a field or a rule, never the token
+            raise AuthError(f"invalid scope claim: {exc}"[:120]) from None
+    return Principal(subject=sub or "anonymous-token", topics=topics, expires_at=float(exp), scope=scope)
 
 
 def mint(settings: Settings, key: str, *, subject: str, ttl_s: float,

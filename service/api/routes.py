@@ -17,6 +17,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, Field
 
 from ..errors import AuthError, ResumeGone, UnknownTopicError
+from ..filters import (
+    FIELDS,
+    LEVELS,
+    MAX_VALUE_CHARS,
+    MAX_VALUES,
+    FilterError,
+    RowFilter,
+    effective,
+    filters_from_query,
+    parse_filters,
+)
 from ..protocol import MAX_SEQ, parse_epoch
 from ..store import migrate
 from ..store.events import QUERIES
@@ -124,10 +135,34 @@ _TOPICS_FORM = re.compile(TOPICS_PATTERN.rstrip("$") + r"\Z")
 EPOCH_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 
 
-@router.get("/api/events", response_model=EventsPage,
+#: Row filters in the URL form (docs/protocol.md, "Row filters"), stated in /openapi.json. One rule JSON
+#: Schema cannot state: a filter's topic must be among the request's topics.
+_VALUES_PATTERN = f"^[^,]{{1,{MAX_VALUE_CHARS}}}(?:,[^,]{{1,{MAX_VALUE_CHARS}}}){{0,{MAX_VALUES - 1}}}$"
+FILTER_PARAMETERS: list[dict[str, Any]] = [
+    {"name": f"{topic}.{field}", "in": "query", "required": False,
+     "description": (f"Row filter: only events whose {field} is at least this level" if field == "level" else
+                     f"Row filter: only events whose {field} is one of these (comma-separated, exact)")
+     + "; the topic must be among the requested topics. Intersected with the token's scope.",
+     "schema": ({"type": "string", "enum": list(LEVELS)} if field == "level" else
+                {"type": "string", "pattern": _VALUES_PATTERN})}
+    for topic, fields in sorted(FIELDS.items()) for field in fields
+]
+
+
+def row_filter(request: Request, caller: Principal, topics: frozenset[str]) -> RowFilter | None:
+    """The request's filters intersected with the token's scope; 422 naming the problem."""
+    try:
+        requested = parse_filters(filters_from_query(request.query_params.multi_items()), topics)
+    except FilterError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return effective(requested, caller.scope, topics)
+
+
+@router.get("/api/events", response_model=EventsPage, openapi_extra={"parameters": FILTER_PARAMETERS},
             responses={**AUTH_ERRORS, 410: {"model": GoneBody, "description": (
                 "since is no longer retained, or epoch is not the log's: reload from /api/snapshot")}})
 async def replay(
+    request: Request,
     hub: HubDep,
     caller: PrincipalDep,
     since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with seq > since"), Digits],
@@ -139,7 +174,10 @@ async def replay(
         "The epoch that goes with since (from a snapshot, a page, welcome or replayed); another log's epoch "
         "is answered 410. Without it since is taken at its word (clients before epochs)."))] = None,
 ) -> Response:
-    """Events after `since`, in seq order, shaped like the live frames, with the log's `epoch`."""
+    """Events after `since`, in seq order, shaped like the live frames, with the log's `epoch`.
+
+    With row filters (or a scoped token) a page may hold fewer than `limit` events, even none, while
+    `next_since` moves past the rows it scanned: page on until `next_since` reaches `head`."""
     try:
         wanted_epoch = parse_epoch(epoch) if epoch is not None else None
     except ValueError as exc:
@@ -151,8 +189,12 @@ async def replay(
         caller.check_topics(wanted)
     except TOPIC_ERRORS as exc:
         raise HTTPException(topic_refusal(exc).status, str(exc)) from None
+    flt = row_filter(request, caller, wanted)
     try:
-        page = await hub.store.read_page(since, wanted & PERSISTED_TOPICS, limit, wanted_epoch)
+        if flt is None:
+            page = await hub.store.read_page(since, wanted & PERSISTED_TOPICS, limit, wanted_epoch)
+        else:
+            page = await hub.store.read_filtered_page(since, wanted & PERSISTED_TOPICS, limit, wanted_epoch, flt)
     except ResumeGone as exc:
         return JSONResponse({"detail": str(exc), "oldest": exc.oldest, "head": exc.head, "epoch": exc.epoch},
                             status_code=410)
@@ -162,13 +204,23 @@ async def replay(
     return Response(body, media_type="application/json")
 
 
+# The snapshot's filters are stated in its description, not as parameters: with no required parameter, a
+# schema-invalid request would be one with unknown parameters, which every endpoint here ignores.
 @router.get("/api/snapshot", response_model=SnapshotBody, responses=AUTH_ERRORS)
-async def snapshot(hub: HubDep, caller: PrincipalDep) -> Response:
+async def snapshot(request: Request, hub: HubDep, caller: PrincipalDep) -> Response:
     """Open trades, recent closed trades and log lines, with the `head` seq of the same database snapshot.
 
-    Render this, then connect with since=head&epoch=epoch: no gap, no double, no other log.
+    Render this, then connect with since=head&epoch=epoch (and the same filters): no gap, no double, no
+    other log. Row filters take the URL form of /api/events (`trade_update.strategy=grid,momentum`,
+    `log_stream.level=WARNING`, ...) and apply to the trade lists and the log lines as on the stream; the
+    token's `scope` claim always applies.
     """
-    snap = await hub.store.snapshot(hub.settings.snapshot_logs)
+    flt = row_filter(request, caller, caller.topics)
+    trades_on = flt.on(TRADE_UPDATE) if flt is not None else None
+    logs_on = flt.on(LOG_STREAM) if flt is not None else None
+    snap = await hub.store.snapshot(hub.settings.snapshot_logs,
+                                    trades_where=trades_on.columns() if trades_on is not None else None,
+                                    logs_where=logs_on.columns() if logs_on is not None else None)
     trades_ok, logs_ok = TRADE_UPDATE in caller.topics, LOG_STREAM in caller.topics
     status = hub.heartbeat.latest_data if SYS_STATUS in caller.topics else None
     body = (

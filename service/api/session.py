@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import __version__
 from ..errors import AuthError, ResumeGone
+from ..filters import FilterError, RowFilter, Scope, effective, filters_from_query, narrow_scope, parse_filters
 from ..hub.connections import Client
 from ..hub.frames import PONG, control, error
 from ..protocol import (
@@ -103,6 +104,8 @@ class Session:
         self._limit = _RateLimit(hub.settings.client_rate, hub.settings.client_burst)
         self._peer_code: int | None = None  # the client's close code, when the client closed first
         self._slot: str | None = None  # the subject whose connection slot this session holds
+        self.requested: RowFilter | None = None  # the client's own filters, before the scope
+        self.scope: Scope | None = None  # the token's row scope; a refresh only ever narrows it
 
     async def run(self) -> None:
         try:
@@ -161,6 +164,12 @@ class Session:
             return await self._refuse(refusal.close_code, refusal.reason, error(refusal.code, str(exc)).text)
         except ValueError as exc:
             return await self._refuse(CLOSE_BAD_REQUEST, "invalid since", error("invalid_since", str(exc)).text)
+        try:
+            self.requested = parse_filters(filters_from_query(ws.query_params.multi_items()), topics)
+        except FilterError as exc:
+            return await self._refuse(CLOSE_BAD_REQUEST, "invalid filter", error("invalid_filter", str(exc)).text)
+        self.scope = principal.scope
+        row_filter = effective(self.requested, self.scope, topics)
         raw_epoch = ws.query_params.get("epoch")
         epoch: str | None = None
         if raw_epoch is not None:
@@ -186,7 +195,7 @@ class Session:
         head, log_epoch = hub.listener.last_seq, hub.listener.epoch
         client = Client(
             settings, send=ws.send_text, close=ws.close, abort=abort_of(ws.scope), direct=direct_of(ws.scope),
-            topics=topics, delivered=head,
+            topics=topics, delivered=head, row_filter=row_filter,
         )
         if client.direct is None:
             hub.direct_fallback()
@@ -194,6 +203,7 @@ class Session:
             "welcome", session=client.id, sub=principal.subject, topics=sorted(topics), head=head,
             epoch=log_epoch, oldest=hub.oldest_hint, heartbeat_s=settings.heartbeat_s, resume=since is not None,
             expires_at=int(principal.expires_at), server=f"zepix-hub/{__version__}",
+            filters=row_filter.as_json() if row_filter is not None else {},
         )
         client.prelude = lambda c: self._prelude(c, since, epoch, welcome.text)
         self.client = client
@@ -252,6 +262,9 @@ class Session:
                 async for ev in hub.store.iter_after(since, persisted, page, epoch=pos.epoch):
                     if client.close_request is not None:
                         return  # closing (4001, 1008, 4008, 1001...): the sender closes once we return
+                    flt = client.row_filter  # read per event: a subscribe or refresh may change it meanwhile
+                    if flt is not None and not flt.matches_frame(ev.topic, ev.frame):
+                        continue  # seqs simply skip what the filter excludes
                     batch.append(ev.frame)
                     last = ev.seq
                     count += 1
@@ -326,7 +339,7 @@ class Session:
         if kind == "ping":
             client.offer(PONG)
         elif kind in ("subscribe", "unsubscribe"):
-            self._change_topics(kind, msg.get("topics"))
+            self._change_topics(kind, msg.get("topics"), msg.get("filters"))
         elif kind == "refresh":
             self._refresh(msg.get("token"))
         else:
@@ -334,7 +347,7 @@ class Session:
             client.offer(error("unknown_type", f"unknown message type {shown!r}; "
                                                "expected ping, subscribe, unsubscribe or refresh"))
 
-    def _change_topics(self, kind: str, raw: object) -> None:
+    def _change_topics(self, kind: str, raw: object, raw_filters: object = None) -> None:
         client, principal = self.client, self.principal
         assert client is not None and principal is not None
         if not isinstance(raw, list):
@@ -348,8 +361,22 @@ class Session:
             client.offer(error(topic_refusal(exc).code, str(exc)))
             return
         topics = client.topics | wanted if kind == "subscribe" else client.topics - wanted
-        self.hub.manager.set_topics(client, topics)
-        client.offer(control("topics", topics=sorted(topics)))
+        if kind == "subscribe":  # a subscribe replaces the filters as a whole
+            if raw_filters is not None and not isinstance(raw_filters, dict):
+                client.offer(error("invalid_filter", '"filters" is an object: {"<topic>.<field>": [values]}'))
+                return
+            try:
+                requested = parse_filters(raw_filters or {}, topics)
+            except FilterError as exc:
+                client.offer(error("invalid_filter", str(exc)))
+                return
+        else:
+            requested = self.requested.only(topics) if self.requested is not None else None
+        self.requested = requested
+        row_filter = effective(requested, self.scope, topics)
+        self.hub.manager.set_topics(client, topics, row_filter)
+        client.offer(control("topics", topics=sorted(topics),
+                             filters=row_filter.as_json() if row_filter is not None else {}))
 
     def _refresh(self, token: object) -> None:
         client, principal = self.client, self.principal
@@ -367,8 +394,13 @@ class Session:
             return
         self.principal = fresh
         narrowed = client.topics & fresh.topics
-        if narrowed != client.topics:
-            self.hub.manager.set_topics(client, narrowed)
+        # Like topics, the scope only narrows: a refreshed token never shows a row the session could not see.
+        self.scope = narrow_scope(self.scope, fresh.scope)
+        if self.requested is not None:
+            self.requested = self.requested.only(narrowed)
+        row_filter = effective(self.requested, self.scope, narrowed)
+        self.hub.manager.set_topics(client, narrowed, row_filter)
         self._arm_expiry(fresh)
-        client.offer(control("refreshed", expires_at=int(fresh.expires_at), topics=sorted(narrowed)))
+        client.offer(control("refreshed", expires_at=int(fresh.expires_at), topics=sorted(narrowed),
+                             filters=row_filter.as_json() if row_filter is not None else {}))
 

@@ -15,12 +15,14 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import asyncpg
 
 from ..api.auth import DEV_TOKEN_TTL_S, mint, signing_key, verification_key
 from ..durations import parse_duration
 from ..errors import ConfigError, HubError, UnknownTopicError
+from ..filters import parse_scope
 from ..logconfig import JsonFormatter, RedactTokens, TextFormatter
 from ..protocol import parse_epoch, parse_seq
 from ..settings import LOG_LEVELS, Settings, display_host, load_settings
@@ -282,11 +284,31 @@ def cmd_token(args: argparse.Namespace) -> int:
         topics = parse_topics(args.topics) if args.topics else None
     except UnknownTopicError as exc:
         raise ConfigError(f"--topics: {exc}") from None
+    scope = scope_claim(args.scope or [])
     ttl = parse_duration(args.ttl).total_seconds()
     if ttl < 1:  # exp has whole seconds: a shorter lifetime would mint a token that is already expired
         raise ConfigError(f"--ttl {args.ttl!r} is too short: a token must live at least 1s")
-    print(mint(settings, signing_key(settings), subject=args.sub, ttl_s=ttl, topics=topics))
+    print(mint(settings, signing_key(settings), subject=args.sub, ttl_s=ttl, topics=topics,
+               extra={"scope": scope} if scope else None))
     return EXIT_OK
+
+
+def scope_claim(items: list[str]) -> dict[str, list[str]]:
+    """`--scope field=v1,v2` (repeatable) -> the `scope` claim, checked as the hub will check it."""
+    claim: dict[str, list[str]] = {}
+    for item in items:
+        field, eq, values = item.partition("=")
+        if not eq or not field:
+            raise ConfigError(f"--scope {item!r}: write field=value[,value...], e.g. strategy=grid")
+        if field in claim:
+            raise ConfigError(f"--scope {field} given twice: put its values in one, comma-separated")
+        claim[field] = values.split(",")
+    if claim:
+        try:
+            parse_scope(claim)
+        except ValueError as exc:
+            raise ConfigError(f"--scope: {exc}") from None
+    return claim
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -345,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("token", cmd_token, "Mint a JWT with the configured key.")
     p.add_argument("--sub", required=True, help="subject (who the token is for)")
     p.add_argument("--topics", help="comma-separated topics (default: all)")
+    p.add_argument("--scope", action="append", metavar="FIELD=V1,V2",
+                   help="row scope, repeatable: the token sees only rows whose FIELD is one of the values "
+                        "(fields: side, status, strategy, symbol, level, source, type; docs/protocol.md)")
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
 
     p = add("demo", cmd_demo, "Run the simulated trading bot against the configured database.")
@@ -358,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=_epoch, default=None,
                    help="the log's epoch that goes with --since (printed when tail connects); "
                         "resuming into another log then reloads instead of replaying")
+    p.add_argument("--filter", action="append", metavar="TOPIC.FIELD=V1,V2",
+                   help="row filter, repeatable, e.g. trade_update.strategy=grid or log_stream.level=WARNING "
+                        "(docs/protocol.md, Row filters)")
     p.add_argument("--json", action="store_true", help="print raw JSON frames")
 
     add("doctor", _lazy("service.cli.doctor", "cmd_doctor"), "Check the database, migrations, triggers and keys.")
@@ -372,13 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench(args: argparse.Namespace) -> int:
     """The benchmark is the checkout's top-level bench/ package, which the wheel leaves out (ADR 0013)."""
-    import importlib
-    from pathlib import Path
-
-    import service
-
     # An editable install maps only `service` to the checkout: its root, where bench/ lives, is one level up.
-    checkout = str(Path(service.__file__).resolve().parent.parent)
+    checkout = str(Path(__file__).resolve().parents[2])
     if Path(checkout, "bench", "run.py").is_file() and checkout not in sys.path:
         sys.path.insert(0, checkout)
     try:

@@ -182,6 +182,20 @@ def resolve_token(explicit: str | None, url: str, settings: Settings) -> str | C
     return lambda: mint(settings, key, subject="dev-tail", ttl_s=DEV_TOKEN_TTL_S)
 
 
+def filter_args(items: list[str]) -> dict[str, list[str]]:
+    """`--filter trade_update.strategy=grid,momentum` (repeatable) -> HubClient's filters."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, eq, values = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--filter {item!r}: write <topic>.<field>=value[,value...], "
+                              "e.g. trade_update.strategy=grid")
+        if name in out:
+            raise ConfigError(f"--filter {name} given twice: put its values in one, comma-separated")
+        out[name] = values.split(",")
+    return out
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     """Follow the stream until Ctrl-C (exit 0). Exit 2 for a bad configuration, URL, token or topic."""
     settings = load_settings()
@@ -190,11 +204,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
         live_url(url)  # a malformed URL is reported as such, before a token is looked for in it
         token = resolve_token(args.token, url, settings)
         topics = parse_topics(args.topics) if args.topics is not None else None
-        client = HubClient(url, token, topics=topics, since=args.since, epoch=args.epoch)
+        client = HubClient(url, token, topics=topics, since=args.since, epoch=args.epoch,
+                           filters=filter_args(getattr(args, "filter", None) or []))
     except UnknownTopicError as exc:
         raise ConfigError(f"--topics: {exc}") from None
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from None  # a filter's message names the filter
     try:
         return asyncio.run(_follow(client, json_mode=bool(args.json)))
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _follow)

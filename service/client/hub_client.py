@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ..backoff import backoff_delay
 from ..errors import HubError
+from ..filters import FilterError, parse_filters
 from ..protocol import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
@@ -34,7 +35,7 @@ from ..protocol import (
     PEER_ABNORMAL,
     parse_epoch,
 )
-from ..topics import parse_topics
+from ..topics import ALL_TOPICS, parse_topics
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +214,16 @@ class HubClient:
     `epoch`: the log's epoch that goes with `since` (from the snapshot or the
     response `since` came from); a resume into another log then reloads instead
     of replaying. Without it the hub takes `since` at its word, as before.
+    `filters`: row filters, `{"trade_update.strategy": ["grid"], "log_stream.level": ["WARNING"]}`
+    (docs/protocol.md, "Row filters"), sent on every connection; resumes replay only matching events.
 
-    Raises ValueError (bad url or since) or UnknownTopicError (bad topic) at
+    Raises ValueError (bad url, since or filter) or UnknownTopicError (bad topic) at
     construction; while iterating, HubRejected or HubUnavailable (see the module docstring).
     """
 
     def __init__(self, url: str, token: str | Callable[[], str], *, topics: Iterable[str] | None = None,
-                 since: int | None = None, epoch: str | None = None, backoff_base: float = 0.5,
+                 since: int | None = None, epoch: str | None = None,
+                 filters: Mapping[str, Iterable[str]] | None = None, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0,
                  max_attempts: int | None = None, stable_after: float = 5.0, open_timeout: float = 10.0,
                  ping_interval: float | None = 20.0, close_timeout: float = 2.0,
@@ -236,6 +240,7 @@ class HubClient:
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 (or None to retry forever)")
         self.topics: frozenset[str] | None = parse_topics(topics) if topics is not None else None
+        self.filters: dict[str, list[str]] = _check_filters(filters or {}, self.topics)
         self._token = token
         self._cursor: int | None = since
         self._epoch: str | None = epoch  # the log _cursor belongs to; None: unknown (sent without one)
@@ -292,6 +297,8 @@ class HubClient:
         query: dict[str, str] = {}
         if self.topics is not None:
             query["topics"] = ",".join(sorted(self.topics))
+        for name, values in sorted(self.filters.items()):
+            query[name] = ",".join(values)
         if self._cursor is not None:
             query["since"] = str(self._cursor)
             if self._epoch is not None:
@@ -441,6 +448,18 @@ class HubClient:
         reason = frame.get("reason")
         return Resumed(since=since, head=head, count=_as_int(frame.get("count"), 0), recovered=recovered,
                        reason=str(reason) if reason is not None else None, epoch=epoch)
+
+
+def _check_filters(filters: Mapping[str, Iterable[str]], topics: frozenset[str] | None) -> dict[str, list[str]]:
+    """The hub's own rules, checked up front (a bad filter would be refused 4400 on every connection)."""
+    listed = {name: [values] if isinstance(values, str) else list(values) for name, values in filters.items()}
+    if any("," in v for values in listed.values() for v in values):
+        raise ValueError("a filter value cannot contain a comma (the URL form separates values with commas)")
+    try:
+        parse_filters(listed, topics if topics is not None else ALL_TOPICS)
+    except FilterError as exc:
+        raise ValueError(str(exc)) from None
+    return listed
 
 
 def _parse(raw: str) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 
 `broadcast` never awaits; each client has a bounded queue and one sender task. A client that falls
 behind is closed 4008 (or reset when its socket stalls) and resumes with `since`, losing nothing
-(docs/adr/0002-backpressure.md). The whole policy: class ConnectionManager.
+(docs/adr/0002-backpressure.md). Row filters cost once per distinct filter per event: clients are
+grouped by their filter's canonical key (docs/adr/0014-row-filters-and-scopes.md). The whole policy: class
+ConnectionManager.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Protocol
 
 from starlette.websockets import WebSocketDisconnect
 
+from ..filters import RowFilter, TopicFilter, event_fields
 from ..protocol import CLOSE_INTERNAL_ERROR, CLOSE_TOO_SLOW
 from ..settings import Settings
 from ..topics import ALL_TOPICS
@@ -63,15 +66,16 @@ class Client:
 
     __slots__ = (
         "_abort", "_close", "_send", "_sender", "_settings", "close_code", "close_request", "delivered", "direct",
-        "id", "idle", "interrupted", "peak_depth", "prelude", "queue", "queued_bytes", "sending_since", "topics",
-        "wake",
+        "id", "idle", "interrupted", "peak_depth", "prelude", "queue", "queued_bytes", "row_filter", "sending_since",
+        "topics", "wake",
     )
 
     def __init__(self, settings: Settings, *, send: SendText, close: CloseSocket,
                  abort: Callable[[], None], topics: frozenset[str], delivered: int,
-                 direct: DirectWriter | None = None) -> None:
+                 direct: DirectWriter | None = None, row_filter: RowFilter | None = None) -> None:
         self.id = f"c{next(_ids)}"
         self.topics: frozenset[str] = topics
+        self.row_filter = row_filter  # the effective filter (request and token scope); set via the manager
         self.queue: deque[Frame] = deque()
         self.queued_bytes = 0
         self.peak_depth = 0
@@ -267,6 +271,11 @@ class ConnectionManager:
       whose socket write stalls longer than `send_timeout_s` is reset (no close
       frame can get through its full buffers). Either way it loses nothing: it
       resumes with `since` from the event store.
+    - Row filters (filters.py) cost once per distinct filter per event, not per
+      client: clients of a topic are grouped by the canonical key of their
+      effective filter on it; broadcast reads the event's fields once, evaluates
+      each group's filter once and offers the same Frame to every member.
+      Clients without a filter on the topic pay nothing new.
     - The manager is owned by the app's lifespan. `close_all` (shutdown) closes
       every client with 1001 and awaits every sender task.
     """
@@ -274,7 +283,11 @@ class ConnectionManager:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._clients: dict[str, Client] = {}
-        self._by_topic: dict[str, set[Client]] = {t: set() for t in ALL_TOPICS}
+        self._by_topic: dict[str, set[Client]] = {t: set() for t in ALL_TOPICS}  # no filter on that topic
+        # topic -> canonical key of the filter on it -> (the filter, its clients)
+        self._groups: dict[str, dict[str, tuple[TopicFilter, set[Client]]]] = {t: {} for t in ALL_TOPICS}
+        #: Filter evaluations so far: one per distinct filter per event (tests and the bench read it).
+        self.filter_evaluations = 0
         self._watchdog: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -290,23 +303,44 @@ class ConnectionManager:
     def register(self, client: Client) -> None:
         """Start delivering to `client` from the next broadcast on; starts its sender task."""
         self._clients[client.id] = client
-        for topic in client.topics:
-            self._by_topic[topic].add(client)
+        self._index(client)
         client._sender = asyncio.create_task(client._run(), name=f"hub-sender-{client.id}")
 
-    def set_topics(self, client: Client, topics: frozenset[str]) -> None:
-        for topic in client.topics - topics:
-            self._by_topic[topic].discard(client)
-        for topic in topics - client.topics:
-            self._by_topic[topic].add(client)
+    def set_topics(self, client: Client, topics: frozenset[str], row_filter: RowFilter | None = None) -> None:
+        """Change what `client` gets from the next broadcast on: its topics and its effective filter."""
+        self._unindex(client)
         client.topics = topics
+        client.row_filter = row_filter
+        self._index(client)
+
+    def _index(self, client: Client) -> None:
+        flt = client.row_filter
+        for topic in client.topics:
+            on = flt.on(topic) if flt is not None else None
+            if on is None:
+                self._by_topic[topic].add(client)
+            else:
+                self._groups[topic].setdefault(on.key, (on, set()))[1].add(client)
+
+    def _unindex(self, client: Client) -> None:
+        flt = client.row_filter
+        for topic in client.topics:
+            on = flt.on(topic) if flt is not None else None
+            if on is None:
+                self._by_topic[topic].discard(client)
+                continue
+            groups = self._groups[topic]
+            group = groups.get(on.key)
+            if group is not None:
+                group[1].discard(client)
+                if not group[1]:
+                    del groups[on.key]
 
     async def unregister(self, client: Client) -> None:
         """Forget `client` and stop its sender task; safe to call twice and on any path."""
         if self._clients.pop(client.id, None) is None:
             return
-        for topic in client.topics:
-            self._by_topic[topic].discard(client)
+        self._unindex(client)
         client.queue.clear()
         client.queued_bytes = 0
         task = client._sender
@@ -321,7 +355,17 @@ class ConnectionManager:
         targets = self._by_topic.get(frame.topic, ())  # a topic this hub does not know (a newer schema's)
         for client in targets:
             client.offer(frame)
-        return len(targets)
+        fanout = len(targets)
+        groups = self._groups.get(frame.topic)
+        if groups:
+            fields = event_fields(frame.topic, frame.text)  # one parse per event, not per filter
+            for flt, members in groups.values():
+                self.filter_evaluations += 1
+                if flt.matches(fields):
+                    for client in members:
+                        client.offer(frame)
+                    fanout += len(members)
+        return fanout
 
     async def close_all(self, code: int, reason: str, timeout: float = 5.0) -> None:
         """Close every client with `code` and wait (up to `timeout`) for their sender tasks to finish."""

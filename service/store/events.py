@@ -8,7 +8,7 @@ READ snapshot, so a prune or commit cannot slip between them. The SQL lives in s
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from ..errors import DatabaseSetupError, ResumeGone
+from ..filters import RowFilter
 from ..topics import PERSISTED_TOPICS
 from . import bundle
 
@@ -99,6 +100,10 @@ def _topic_filter(topics: Iterable[str] | None) -> list[str] | None:
     return None if len(wanted) == len(PERSISTED_TOPICS) else wanted
 
 
+#: Rows one filtered /api/events request scans at most (its reads are pages of max(limit, SCAN_PAGE)).
+SCAN_BUDGET = 20_000
+SCAN_PAGE = 1000
+
 class EventStore:
     """Reads the event log through a pool it does not own (the app's lifespan owns it)."""
 
@@ -133,6 +138,30 @@ class EventStore:
         # A short page means nothing else on these topics up to head: the reader may skip to head.
         next_since = events[-1].seq if len(events) == limit else max(since, pos.head)
         return Page(events=events, position=pos, next_since=next_since)
+
+    async def read_filtered_page(self, since: int, topics: frozenset[str], limit: int,
+                                 epoch: str | None, flt: RowFilter) -> Page:
+        """Up to `limit` events after `since` that pass `flt`, in seq order, for /api/events.
+
+        Reads pages of the log and filters them here, so `next_since` is where the scan stopped: after the
+        last returned event when the page is full, else past every scanned row (the head, at the end). A
+        filter that excludes a long stretch yields a page with few or no events and `next_since < head`; the
+        reader pages on until next_since reaches head. Every page is checked against the first page's epoch.
+        """
+        events = []
+        cursor, scanned, size = since, 0, max(limit, SCAN_PAGE)
+        while True:
+            page = await self.read_page(cursor, topics, size, epoch)
+            epoch = page.position.epoch
+            for ev in page.events:
+                if flt.matches_frame(ev.topic, ev.frame):
+                    events.append(ev)
+                    if len(events) == limit:
+                        return Page(events=events, position=page.position, next_since=ev.seq)
+            scanned += len(page.events)
+            if len(page.events) < size or page.next_since <= cursor or scanned >= SCAN_BUDGET:
+                return Page(events=events, position=page.position, next_since=page.next_since)
+            cursor = page.next_since
 
     @staticmethod
     async def position_on(conn: asyncpg.Connection) -> Position:
@@ -181,13 +210,26 @@ class EventStore:
                 await conn.execute(ORDERED_WALK)
                 return int(await conn.fetchval(QUERIES["count_after_on_topics"], since, wanted, cap))
 
-    async def snapshot(self, log_lines: int, closed_trades: int = 20) -> Snapshot:
-        """Open trades, recent closed trades and log lines with the head seq, all from one database snapshot."""
+    async def snapshot(self, log_lines: int, closed_trades: int = 20, *,
+                       trades_where: Mapping[str, list[str]] | None = None,
+                       logs_where: Mapping[str, list[str]] | None = None) -> Snapshot:
+        """Open trades, recent closed trades and log lines with the head seq, all from one database snapshot.
+
+        `trades_where` / `logs_where`: a row filter's allowed values per column (filters.py), or None."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             pos = _position(await conn.fetchrow(QUERIES["log_position"]))
-            open_rows = await conn.fetch(QUERIES["open_trades"])
-            closed_rows = await conn.fetch(QUERIES["recent_closed_trades"], closed_trades)
-            log_rows = await conn.fetch(QUERIES["recent_logs"], log_lines)
+            if trades_where is None:
+                open_rows = await conn.fetch(QUERIES["open_trades"])
+                closed_rows = await conn.fetch(QUERIES["recent_closed_trades"], closed_trades)
+            else:
+                cols = [trades_where.get(c) for c in ("symbol", "strategy", "side", "status")]
+                open_rows = await conn.fetch(QUERIES["open_trades_where"], *cols)
+                closed_rows = await conn.fetch(QUERIES["recent_closed_trades_where"], *cols, closed_trades)
+            if logs_where is None:
+                log_rows = await conn.fetch(QUERIES["recent_logs"], log_lines)
+            else:
+                log_rows = await conn.fetch(QUERIES["recent_logs_where"], logs_where.get("level"),
+                                            logs_where.get("source"), log_lines)
         return Snapshot(
             head=pos.head, oldest=pos.oldest, epoch=pos.epoch,
             open_trades=[r[0] for r in open_rows],
