@@ -99,8 +99,10 @@ class TopicFilter:
 
 def _topic_filter(topic: str, conds: dict[str, frozenset[str]]) -> TopicFilter:
     ordered = tuple(sorted(conds.items()))
-    key = ";".join(f"{field}={','.join(sorted(values))}" for field, values in ordered)
-    return TopicFilter(topic, ordered, f"{topic}:{key}")
+    # JSON, not joined text: a value may hold any separator (the JSON form allows "a,b"), and two filters
+    # that share a key share one evaluation in the fan-out, so equal keys must mean equal conditions.
+    key = json.dumps([topic, [[field, sorted(values)] for field, values in ordered]], separators=(",", ":"))
+    return TopicFilter(topic, ordered, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,7 @@ class RowFilter:
     @property
     def key(self) -> str:
         """Canonical: equal keys select exactly the same events."""
-        return "|".join(self.topics[t].key for t in sorted(self.topics))
+        return json.dumps([self.topics[t].key for t in sorted(self.topics)])
 
     def on(self, topic: str) -> TopicFilter | None:
         return self.topics.get(topic)

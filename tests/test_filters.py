@@ -473,6 +473,28 @@ def test_intersection_with_a_scope_and_the_canonical_key() -> None:
         parse_filters({"notification.type": ["error"]}, topics)
 
 
+async def test_filters_whose_values_hold_separators_are_never_grouped_together(
+        hub: RunningHub, db: asyncpg.Connection) -> None:
+    """The fan-out groups clients by a filter's canonical key: a value may hold ',' ';' '=' or '|' (the JSON
+    form allows them), so {"a,b"} and {"a", "b"} must get different keys, or the second client to join would
+    get the first one's events (a wider set than its own, or fewer)."""
+    async with await connect(live_url(hub, hub.token(), topics="trade_update")) as one, \
+            await connect(live_url(hub, hub.token(), topics="trade_update", **{"trade_update.strategy": "a,b"})) as two:
+        await recv_json(one)
+        await recv_json(two)
+        await one.send(json.dumps({"type": "subscribe", "topics": ["trade_update"],
+                                   "filters": {"trade_update.strategy": ["a,b"]}}))
+        assert (await recv_json(one))["filters"] == {"trade_update.strategy": ["a,b"]}
+        for strategy in ("a", "a,b", "b", "c", "a;b"):
+            await db.execute("INSERT INTO trades (symbol, side, quantity, strategy) VALUES ('X', 'BUY', 1, $1)",
+                             strategy)
+        await caught_up(hub, int(await db.fetchval("SELECT max(seq) FROM events")))
+        got_one, _ = await drain(one)
+        got_two, _ = await drain(two)
+        assert [e["data"]["trade"]["strategy"] for e in got_one] == ["a,b"]
+        assert [e["data"]["trade"]["strategy"] for e in got_two] == ["a", "b"]
+
+
 # -- 4. token --scope -----------------------------------------------------------------------------------
 
 async def test_token_scope_flag_mints_a_scoped_token(tmp_path: Path) -> None:
