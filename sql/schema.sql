@@ -611,8 +611,9 @@ BEGIN
     VALUES (v_seq, p_topic, p_op, p_source_table, p_source_id, p_payload, v_ts);
 
     -- NOTIFY payloads must stay under 8000 bytes. A frame that fits comfortably
-    -- travels whole (the listener needs no read); a bigger one travels as a
-    -- stub and the listener reads the row, which is the truth anyway.
+    -- travels whole, for people and tools that LISTEN and for older hubs; a
+    -- bigger one travels as a stub. The hub itself takes any notification as a
+    -- wake-up and reads the frames from events, the truth (ADR 0005).
     v_frame := hub_event_frame_v1(v_seq, p_topic, v_ts, p_payload);
     IF octet_length(v_frame) > 7000 THEN
         v_frame := jsonb_build_object('type', 'stub', 'seq', v_seq, 'topic', p_topic)::text;
