@@ -153,6 +153,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="the fan-out evaluates a filter once per client instead of once per distinct filter",
     ),
     Mutation(
+        "filter-key-ambiguous", "service/filters.py",
+        old=("    key = json.dumps([topic, [[field, sorted(values)] for field, values in ordered]], "
+             'separators=(",", ":"))\n'),
+        new='    key = topic + ":" + ";".join(f"{field}={\',\'.join(sorted(values))}" for field, values in ordered)\n',
+        tests=("tests/test_filters.py::test_filters_whose_values_hold_separators_are_never_grouped_together",),
+        what="the canonical key joins values with ',': {'a,b'} and {'a','b'} share a group and one's events",
+    ),
+    Mutation(
         "queue-unbounded", "service/hub/connections.py",
         old="            self.request_close(CLOSE_TOO_SLOW, self.too_slow_reason())\n",
         new="            pass\n",
