@@ -67,6 +67,10 @@ def _values(name: str, field: str, raw: object) -> frozenset[str]:
             raise FilterError(f"{name}: empty value")
         if len(value) > MAX_VALUE_CHARS:
             raise FilterError(f"{name}: value {_show(value)} is longer than {MAX_VALUE_CHARS} characters")
+        try:  # JSON may carry a lone surrogate ("\ud800"): no row holds one, and no frame could echo it
+            value.encode()
+        except UnicodeEncodeError:
+            raise FilterError(f"{name}: a value is not valid Unicode text") from None
     if field == "level":
         if len(raw) != 1:
             raise FilterError(f"{name} is a minimum level: give one of {', '.join(LEVELS)}")

@@ -495,6 +495,59 @@ async def test_filters_whose_values_hold_separators_are_never_grouped_together(
         assert [e["data"]["trade"]["strategy"] for e in got_two] == ["a", "b"]
 
 
+@pytest.mark.parametrize("change", ["unsubscribe", "refresh dropping the topic"])
+async def test_a_topic_change_during_a_resume_does_not_lift_the_scope_from_the_replay(
+        hub: RunningHub, db: asyncpg.Connection, change: str) -> None:
+    """A scoped client resumes from 0 and at once drops trade_update (its own unsubscribe, or a refresh to a
+    token of the same subject without that topic): the replay keeps walking the topics it started with, but
+    its per-event check now has no filter on trade_update (the scope lives in the effective filter of the
+    client's *current* topics), so every trade of every strategy is replayed."""
+    await seed(db, n=12)
+    # Enough rows for several replay pages, so the unsubscribe certainly lands while the replay runs.
+    await db.execute("INSERT INTO trades (symbol, side, quantity, strategy) "
+                     "SELECT (ARRAY['BTCUSDT','ETHUSDT','SOLUSDT'])[1 + g % 3], 'BUY', 1, "
+                     "(ARRAY['grid','momentum','scalp'])[1 + g % 3] FROM generate_series(1, 3000) AS g")
+    head = int(await db.fetchval("SELECT max(seq) FROM events"))
+    await caught_up(hub, head)
+    token = hub.token(sub="bot-a-screen", scope=SCOPE)
+    async with await connect(live_url(hub, token, topics="trade_update,log_stream", since="0")) as ws:
+        if change == "unsubscribe":
+            await ws.send(json.dumps({"type": "unsubscribe", "topics": ["trade_update"]}))
+        else:
+            fresh = hub.token(sub="bot-a-screen", topics=["log_stream"], scope=SCOPE)
+            await ws.send(json.dumps({"type": "refresh", "token": fresh}))
+        got: list[Event] = []
+        while True:
+            frame = await recv_json(ws)
+            assert frame["type"] != "error", frame
+            if frame["type"] in ("topics", "refreshed"):
+                break
+            if frame["type"] == "event":
+                got.append(frame)
+    trades = [e for e in got if e["topic"] == TRADE_UPDATE]
+    outside = [e["data"]["trade"] for e in trades if not in_scope(e)]
+    assert not outside, f"{len(outside)} of {len(trades)} replayed trades are outside the token's scope"
+
+
+async def test_a_lone_surrogate_in_a_subscribe_filter_gets_an_answer_not_a_1011(hub: RunningHub) -> None:
+    r"""A JSON string may hold "\ud800" (valid JSON, valid UTF-8 on the wire): the value passes the filter
+    checks, and the `topics` reply that echoes it cannot be encoded, so the exception escapes the session."""
+    async with await connect(live_url(hub, hub.token(), topics="trade_update")) as ws:
+        assert (await recv_json(ws))["type"] == "welcome"
+        # json.dumps writes the surrogate as the ASCII escape \ud800: the frame itself is valid UTF-8.
+        await ws.send(json.dumps({"type": "subscribe", "topics": ["trade_update"],
+                                  "filters": {"trade_update.strategy": ["\ud800"]}}))
+        try:
+            reply = await recv_json(ws)
+            await ws.send('{"type": "ping"}')
+            pong = await recv_json(ws)
+        except websockets.ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd is not None else None
+            raise AssertionError(f"the hub dropped the connection (close {code}) instead of answering") from None
+    assert reply["type"] in ("error", "topics"), reply
+    assert pong["type"] == "pong"
+
+
 # -- 4. token --scope -----------------------------------------------------------------------------------
 
 async def test_token_scope_flag_mints_a_scoped_token(tmp_path: Path) -> None:

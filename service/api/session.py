@@ -26,6 +26,7 @@ from ..hub.frames import PONG, control, error
 from ..protocol import (
     CLOSE_BAD_REQUEST,
     CLOSE_FORBIDDEN,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
@@ -262,7 +263,11 @@ class Session:
                 async for ev in hub.store.iter_after(since, persisted, page, epoch=pos.epoch):
                     if client.close_request is not None:
                         return  # closing (4001, 1008, 4008, 1001...): the sender closes once we return
-                    flt = client.row_filter  # read per event: a subscribe or refresh may change it meanwhile
+                    # Topics and filter read per event: an unsubscribe, subscribe or refresh may change them
+                    # meanwhile, and the scope lives in the filter of the client's current topics only.
+                    if ev.topic not in client.topics:
+                        continue
+                    flt = client.row_filter
                     if flt is not None and not flt.matches_frame(ev.topic, ev.frame):
                         continue  # seqs simply skip what the filter excludes
                     batch.append(ev.frame)
@@ -322,7 +327,11 @@ class Session:
             if len(text) > max_bytes or len(text.encode()) > max_bytes:
                 client.request_close(CLOSE_TOO_BIG, "message too big")
                 continue
-            self._handle(text)
+            try:
+                self._handle(text)
+            except Exception:  # a bug meets one client's message: close that client (1011), serve the rest
+                log.exception("client %s: handling a message failed", client.id, extra={"conn": client.id})
+                client.request_close(CLOSE_INTERNAL_ERROR, f"hub error; resume with since={client.delivered}")
 
     def _handle(self, text: str) -> None:
         client = self.client
