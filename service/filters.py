@@ -233,6 +233,11 @@ def effective(requested: RowFilter | None, scope: Scope | None, topics: Iterable
             for field in FIELDS.get(topic, ()):
                 if field in scope:
                     conds[field] = conds[field] & scope[field] if field in conds else scope[field]
+            if topic == NOTIFICATION and "level" in scope:
+                # A log line's notification is typed by its level and carries its message: a level scope
+                # must hide it as it hides the line (a hand-raised type outside the levels is hidden too).
+                typed = frozenset(level.lower() for level in scope["level"])
+                conds["type"] = conds["type"] & typed if "type" in conds else typed
         if conds:
             per_topic[topic] = conds
     if not per_topic:

@@ -370,6 +370,27 @@ async def test_a_scoped_token_never_sees_a_row_outside_its_scope(
     assert [e for e in got if e["topic"] == LOG_STREAM]  # unscoped fields' topics flow
 
 
+async def test_a_level_scope_also_hides_the_notifications_of_lines_below_it(
+        hub: RunningHub, db: asyncpg.Connection) -> None:
+    """An ERROR line's notification carries its message (the body): a token scoped to CRITICAL must not read
+    through notifications what its level hides on log_stream, live, on resume or over HTTP."""
+    await seed(db, n=10)
+    token = hub.token(sub="risk-desk", scope={"level": ["CRITICAL"]})
+    async with await connect(live_url(hub, token, topics="log_stream,notification", since="0")) as ws:
+        welcome = await recv_json(ws)
+        assert welcome["filters"] == {"log_stream.level": ["CRITICAL"], "notification.type": ["critical"]}
+        replayed, _ = await drain(ws)
+        head = await seed(db, n=10, offset=100)
+        await caught_up(hub, head)
+        live, _ = await drain(ws)
+    async with httpx.AsyncClient(base_url=hub.http, headers=_auth(token)) as http:
+        page = (await http.get("/api/events", params={"since": 0, "limit": 1000,
+                                                      "topics": "log_stream,notification"})).json()
+    for name, got in (("resume", replayed), ("live", live), ("http replay", page["events"])):
+        kinds = {(e["topic"], e["data"].get("level") or e["data"].get("type")) for e in got}
+        assert kinds == {(LOG_STREAM, "CRITICAL"), ("notification", "critical")}, (name, kinds)
+
+
 async def test_a_narrower_refresh_narrows_the_live_stream_at_once(hub: RunningHub, db: asyncpg.Connection) -> None:
     token = hub.token(sub="desk", scope={"symbol": ["BTCUSDT", "ETHUSDT"]})
     narrower = hub.token(sub="desk", scope={"symbol": ["BTCUSDT"], "source": ["bot-a"]})
