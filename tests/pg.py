@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,19 @@ import asyncpg
 
 from service.store import migrate
 from service.store.embedded import destroy_scratch, pg_ctl, start_scratch, with_database
+
+
+@contextlib.contextmanager
+def open_tempdir(prefix: str) -> Iterator[Path]:
+    """A directory for an embedded PostgreSQL started by a command under test, outside pytest's tmp_path:
+    as root the server runs as another user and must reach it, and a pytest session starting meanwhile
+    (another checkout's) makes /tmp/pytest-of-root private again. Removed afterwards."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @dataclass

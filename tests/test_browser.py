@@ -34,6 +34,7 @@ from tests.certs import make_pki
 from tests.hubs import SECRET, HubProcess, RunningHub, hub_settings, listener_cut_off
 from tests.nginx import NGINX, nginx
 from tests.pg import PgServer
+from tests.required import require
 
 CHROMIUM = Path(os.environ.get("HUB_TEST_CHROMIUM", "/usr/bin/chromium"))
 MISSING: str | None = None
@@ -44,15 +45,7 @@ except ImportError:  # pragma: no cover - depends on the machine
                "(and `apt-get install -y chromium`, not `playwright install`)")
 if MISSING is None and not CHROMIUM.exists():  # pragma: no cover - depends on the machine
     MISSING = f"{CHROMIUM} is missing; run `apt-get install -y chromium` as root"
-if MISSING is not None and os.environ.get("CI") != "true":
-    pytest.skip(f"BROWSER TESTS SKIPPED: {MISSING}", allow_module_level=True)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _browser_installed() -> None:
-    """Under CI=true a missing browser fails every browser test (before any database starts)."""
-    if MISSING is not None:
-        pytest.fail(f"CI=true and the browser tests cannot run: {MISSING}", pytrace=False)
+_browser_installed = require("browser", MISSING)
 
 
 pytestmark = pytest.mark.browser

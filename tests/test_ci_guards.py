@@ -6,29 +6,26 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests import ci_counts
 from tests.hubs import nested_pytest
 
 
-async def test_without_chromium_browser_tests_fail_under_ci_and_skip_elsewhere(tmp_path: Path) -> None:
-    missing = str(tmp_path / "no-chromium")
-    code, out = await nested_pytest(tmp_path / "nested", "tests/test_browser.py", CI="true", HUB_TEST_CHROMIUM=missing)
-    assert code == 1, f"CI=true went green without Chromium:\n{out[-3000:]}"
-    assert f"CI=true and the browser tests cannot run: {missing} is missing" in out, out[-3000:]
+@pytest.mark.parametrize("module, variable, kind", [
+    ("tests/test_browser.py", "HUB_TEST_CHROMIUM", "browser"),
+    ("tests/test_proxy.py", "HUB_TEST_NGINX", "proxy"),
+], ids=["without chromium", "without nginx"])
+async def test_without_a_required_tool_its_tests_fail_under_ci_and_skip_elsewhere(
+        tmp_path: Path, module: str, variable: str, kind: str) -> None:
+    missing = str(tmp_path / "no-such-tool")
+    code, out = await nested_pytest(tmp_path / "nested", module, CI="true", **{variable: missing})
+    assert code == 1, f"CI=true went green without the {kind} tool:\n{out[-3000:]}"
+    assert f"CI=true and the {kind} tests cannot run: {missing} is missing" in out, out[-3000:]
     assert not re.search(r"\d+ (passed|skipped)", out), out[-3000:]
-    code, out = await nested_pytest(tmp_path / "nested", "tests/test_browser.py", HUB_TEST_CHROMIUM=missing)
+    code, out = await nested_pytest(tmp_path / "nested", module, **{variable: missing})
     # Outside CI: skipped loudly (5: pytest collected nothing else in this run).
-    assert code == 5 and "BROWSER TESTS SKIPPED" in out and re.search(r"\b1 skipped\b", out), out[-3000:]
-
-
-async def test_without_nginx_proxy_tests_fail_under_ci_and_skip_elsewhere(tmp_path: Path) -> None:
-    missing = str(tmp_path / "no-nginx")
-    code, out = await nested_pytest(tmp_path / "nested", "tests/test_proxy.py", CI="true", HUB_TEST_NGINX=missing)
-    assert code == 1, f"CI=true went green without nginx:\n{out[-3000:]}"
-    assert f"CI=true and the proxy tests cannot run: {missing} is missing" in out, out[-3000:]
-    assert not re.search(r"\d+ (passed|skipped)", out), out[-3000:]
-    code, out = await nested_pytest(tmp_path / "nested", "tests/test_proxy.py", HUB_TEST_NGINX=missing)
-    assert code == 5 and "PROXY TESTS SKIPPED" in out and re.search(r"\b1 skipped\b", out), out[-3000:]
+    assert code == 5 and f"{kind.upper()} TESTS SKIPPED" in out and re.search(r"\b1 skipped\b", out), out[-3000:]
 
 
 async def test_backend_only_tests_are_skipped_with_their_reason_and_counted(tmp_path: Path) -> None:

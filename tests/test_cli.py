@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from service.cli.tail import resolve_token, use_colour
 from service.errors import ConfigError
 from service.store.embedded import stop_embedded
 from tests.hubs import SECRET, HubProcess, RunningHub, alive, hub_settings
-from tests.pg import PgServer
+from tests.pg import PgServer, open_tempdir
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_DB = "postgresql://nobody@127.0.0.1:1/not_used"  # for commands that must not touch a database
@@ -730,14 +729,8 @@ async def test_serve_demo_the_readme_command_end_to_end(embedded_home: Path) -> 
 
 @pytest.fixture
 def embedded_home() -> Iterator[Path]:
-    """A directory for an embedded PostgreSQL, outside pytest's tmp_path: as root the server runs as another
-    user, and a pytest session starting meanwhile (another checkout's) makes /tmp/pytest-of-root private again."""
-    home = Path(tempfile.mkdtemp(prefix="zepix-cli-"))
-    home.chmod(0o755)
-    try:
+    with open_tempdir("zepix-cli-") as home:
         yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _postgres_of(data: Path) -> list[str]:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ import websockets
 from service.store import migrate
 from service.store.embedded import stop_embedded
 from tests.hubs import SECRET
-from tests.pg import PgServer
+from tests.pg import PgServer, open_tempdir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -184,14 +183,9 @@ async def test_the_wheel_migrates_serves_and_passes_doctor_against_a_server(
 
 @pytest.fixture
 def open_empty_dir() -> Iterator[Path]:
-    """An empty directory outside pytest's tmp_path: as root the embedded server runs as another user and must
-    reach ./.zepix-hub in it, and a pytest session starting meanwhile makes /tmp/pytest-of-root private again."""
-    empty = Path(tempfile.mkdtemp(prefix="zepix-wheel-"))
-    empty.chmod(0o755)
-    try:
+    """An empty directory the installed hub runs in (its ./.zepix-hub must be reachable by the server)."""
+    with open_tempdir("zepix-wheel-") as empty:
         yield empty
-    finally:
-        shutil.rmtree(empty, ignore_errors=True)
 
 
 async def test_the_wheel_runs_on_the_embedded_database_from_an_empty_directory(

@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 import websockets
 
 from service.api.auth import mint
@@ -26,17 +24,10 @@ from service.settings import load_settings
 from tests.certs import make_pki
 from tests.hubs import SECRET, HubProcess, connect, recv_json, refused
 from tests.nginx import NGINX, nginx
+from tests.required import require
 
 MISSING = None if NGINX.exists() else f"{NGINX} is missing; run `apt-get install -y nginx` as root"
-if MISSING is not None and os.environ.get("CI") != "true":
-    pytest.skip(f"PROXY TESTS SKIPPED: {MISSING}", allow_module_level=True)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _nginx_installed() -> None:
-    """Under CI=true a missing nginx fails every proxy test (before any database starts)."""
-    if MISSING is not None:
-        pytest.fail(f"CI=true and the proxy tests cannot run: {MISSING}", pytrace=False)
+_nginx_installed = require("proxy", MISSING)
 
 
 async def _serving_hub(hubs: list[HubProcess]) -> HubProcess:
