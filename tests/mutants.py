@@ -153,6 +153,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         what="the fan-out evaluates a filter once per client instead of once per distinct filter",
     ),
     Mutation(
+        "replay-keeps-dropped-topics", "service/api/session.py",
+        old="                    if ev.topic not in client.topics:\n                        continue\n",
+        new="",
+        tests=("tests/test_filters.py::test_a_topic_change_during_a_resume_does_not_lift_the_scope_from_the_replay"
+               "[unsubscribe]",),
+        what="a resume keeps replaying a topic the client dropped meanwhile, outside the scope's filter",
+    ),
+    Mutation(
+        "level-scope-skips-notifications", "service/filters.py",
+        old='            if topic == NOTIFICATION and "level" in scope:\n',
+        new='            if False:\n',
+        tests=("tests/test_filters.py::test_a_level_scope_also_hides_the_notifications_of_lines_below_it",),
+        what="a level scope hides log lines but not their notifications, which carry the same message",
+    ),
+    Mutation(
         "filter-key-ambiguous", "service/filters.py",
         old=("    key = json.dumps([topic, [[field, sorted(values)] for field, values in ordered]], "
              'separators=(",", ":"))\n'),
